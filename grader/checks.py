@@ -1,0 +1,255 @@
+"""The checks, recomputed by the grader from the artefacts on a freshly loaded base model.
+
+Nothing the learner's kernel printed or computed is trusted: the parameter count comes from the
+saved adapter loaded onto the grader's own U-Net, the gradients from the grader's own
+forward/backward, and the pixel difference from the grader's own regeneration of both images.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import diffusers
+import torch
+import torch.nn.functional as F
+import transformers
+from peft import PeftModel
+
+import lab_utils
+from grader.artefacts import Artefacts
+from grader.config import GradingConfig
+from lab_utils.generate import GenerationRecord
+
+
+@dataclass
+class CheckResult:
+    name: str
+    title: str
+    passed: bool
+    measured: str
+    expected: str
+    points: float
+    max_points: float
+    value: float | None = None
+    cause: str | None = None  # for a failure: the most likely cause and the fix
+
+
+@dataclass
+class Verification:
+    checks: list[CheckResult]
+    notes: list[str]
+
+
+def _module_kind(name: str) -> str:
+    match = re.search(r"(attn[12])\.(to_q|to_k|to_v|to_out)", name)
+    if match:
+        return f"{match.group(1)}.{match.group(2)}"
+    return name.rsplit(".", 1)[-1] if "." in name else name
+
+
+def _describe_target_difference(actual: set[str], required: set[str]) -> str:
+    """'targets attn2 only (missing attn1.to_q, …)' in module-kind terms, not 100 module names."""
+    missing = sorted({_module_kind(n) for n in required - actual})
+    extra = sorted({_module_kind(n) for n in actual - required})
+    parts = []
+    if missing:
+        parts.append("missing " + ", ".join(missing))
+    if extra:
+        parts.append("extra " + ", ".join(extra))
+    return "; ".join(parts)
+
+
+def verify(artefacts: Artefacts, model: str, config: GradingConfig, stopped: str | None) -> Verification:
+    """Run the three checks. ``stopped`` ('the notebook stopped at step 2') explains missing artefacts."""
+    notes: list[str] = []
+    diffusers.utils.logging.disable_progress_bar()  # the grader prints one table, not loading bars
+    transformers.utils.logging.disable_progress_bar()
+    pipe = lab_utils.load_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    base_unet = pipe.unet
+    required_names = set(lab_utils.target_module_names(base_unet, config.targets))
+    expected_count = lab_utils.lora_parameter_count(base_unet, config.rank, config.targets)
+
+    peft_unet: PeftModel | None = None
+    load_error: str | None = None
+    if artefacts.adapter_dir is not None:
+        try:
+            peft_unet = PeftModel.from_pretrained(base_unet, artefacts.adapter_dir, is_trainable=True).to(pipe.device)
+        except Exception as error:  # noqa: BLE001 — any failure to load is the learner's adapter's fault
+            load_error = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    missing_why = stopped or "the notebook finished without a PEFT-wrapped U-Net"
+
+    checks = [
+        _check_count(peft_unet, load_error, expected_count, required_names, config, missing_why),
+        _check_gradients(pipe, peft_unet, config, missing_why),
+        _check_pixels(pipe, peft_unet, artefacts, config, stopped),
+    ]
+    return Verification(checks, notes)
+
+
+def _check_count(peft_unet, load_error, expected, required_names, config, missing_why) -> CheckResult:
+    points = config.points["parameter_count"]
+    result = CheckResult(
+        "parameter_count", "trainable LoRA parameters", False, "0", f"{expected:,}", 0.0, points, 0.0
+    )
+    if peft_unet is None:
+        result.measured = "no adapter" if load_error is None else "adapter did not load"
+        result.cause = (
+            f"the adapter does not fit this model: {load_error}" if load_error
+            else f"no LoRA adapter was found ({missing_why}): wrap the U-Net with "
+            "get_peft_model(pipe.unet, LoraConfig(...)) and keep the result as `unet`"
+        )
+        return result
+    lora = lab_utils.lora_parameters(peft_unet)
+    count = sum(p.numel() for p in lora.values())
+    result.measured, result.value = f"{count:,}", float(count)
+    wrapped = {n.split(".lora_", 1)[0].removeprefix("base_model.model.") for n in lora}
+    peft_config = peft_unet.peft_config["default"]
+    if count == expected and wrapped == required_names and peft_config.r == config.rank:
+        result.passed, result.points = True, points
+        return result
+    reasons = []
+    if peft_config.r != config.rank:
+        reasons.append(f"rank {peft_config.r} instead of {config.rank} (LoraConfig(r={config.rank}))")
+    if wrapped != required_names:
+        reasons.append(
+            f"wrong target modules ({_describe_target_difference(wrapped, required_names)}): "
+            "target to_q, to_k, to_v and to_out.0 of every attention layer"
+        )
+    result.cause = "; ".join(reasons) or "the adapter's shape differs from the required LoRA config"
+    return result
+
+
+def _check_gradients(pipe, peft_unet, config, missing_why) -> CheckResult:
+    """One forward/backward of the grader's own on the lab's training example through the
+    learner's adapter: every lora_A and lora_B tensor must get a finite, nonzero gradient.
+    (lora_B starts at zero, so lora_A only gets a gradient once training has moved lora_B.)"""
+    points = config.points["adapter_gradients"]
+    result = CheckResult(
+        "adapter_gradients", "adapter gradients nonzero", False, "none", "all", 0.0, points, 0.0
+    )
+    if peft_unet is None:
+        result.cause = f"no adapter to differentiate ({missing_why})"
+        return result
+    lora = lab_utils.lora_parameters(peft_unet)
+    weights_finite = all(torch.isfinite(p).all() for p in lora.values())
+    b_all_zero = all(not p.detach().any() for n, p in lora.items() if "lora_B" in n)
+    for p in lora.values():
+        p.requires_grad_(True)
+        p.grad = None
+    image, prompt = lab_utils.training_example(lab_utils.native_size(pipe))
+    latents = lab_utils.encode_image(pipe, image)
+    embeddings = lab_utils.encode_prompt(pipe, prompt)
+    scheduler = lab_utils.training_scheduler(pipe)
+    generator = torch.Generator("cpu").manual_seed(0)
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    timesteps = torch.tensor([scheduler.config.num_train_timesteps // 2], device=latents.device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    prediction = peft_unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
+    F.mse_loss(prediction.float(), noise.float()).backward()
+    nonzero = sum(
+        1 for p in lora.values() if p.grad is not None and torch.isfinite(p.grad).all() and p.grad.any()
+    )
+    result.measured, result.expected, result.value = f"{nonzero}/{len(lora)}", f"{len(lora)}/{len(lora)}", float(nonzero)
+    if nonzero == len(lora) and len(lora) > 0 and weights_finite:
+        result.passed, result.points = True, points
+    elif not weights_finite:
+        result.cause = "the adapter weights contain NaN or inf: training diverged (lower the learning rate)"
+    elif b_all_zero:
+        result.cause = (
+            "every lora_B weight is still zero, so the adapter was never updated: the learning rate "
+            "is 0, the LoRA parameters are frozen, or the optimizer was not given them "
+            "(AdamW([p for p in unet.parameters() if p.requires_grad], ...))"
+        )
+    else:
+        result.cause = "some adapter tensors get no gradient: part of the adapter is frozen or disconnected"
+    for p in lora.values():
+        p.grad = None
+    return result
+
+
+def _record(artefacts: Artefacts, name: str) -> GenerationRecord | None:
+    data = artefacts.records.get(name)
+    try:
+        return GenerationRecord(**data) if isinstance(data, dict) else None
+    except TypeError:
+        return None
+
+
+def _regenerate(pipe, peft_unet, record: GenerationRecord, adapted: bool):
+    kwargs = dict(prompt=record.prompt, seed=record.seed, steps=record.steps, guidance=record.guidance, size=record.size)
+    if adapted:
+        return lab_utils.generate(pipe, lora_scale=record.lora_scale, **kwargs)
+    with peft_unet.disable_adapter():
+        return lab_utils.generate(pipe, **kwargs)
+
+
+def _check_pixels(pipe, peft_unet, artefacts: Artefacts, config, stopped) -> CheckResult:
+    points = config.points["pixel_difference"]
+    threshold = config.min_mean_abs_diff
+    result = CheckResult(
+        "pixel_difference", "mean_abs_diff (0–255)", False, "n/a", f"> {threshold:g}", 0.0, points
+    )
+    missing = [n for n in ("baseline_image", "adapted_image") if n not in artefacts.images]
+    if missing:
+        why = stopped or "the notebook finished without defining them"
+        result.cause = f"{' and '.join(missing)} not found ({why}): keep the images as `baseline_image` and `adapted_image`"
+        return result
+    base_record, adapted_record = _record(artefacts, "baseline_image"), _record(artefacts, "adapted_image")
+    if base_record is None or adapted_record is None:
+        result.cause = "an image has no generation record: make both images with lab_utils.generate(pipe, prompt, seed=...)"
+        return result
+    differing = [
+        f"{field} {getattr(base_record, field)!r} vs {getattr(adapted_record, field)!r}"
+        for field in ("prompt", "seed", "steps", "guidance", "size")
+        if getattr(base_record, field) != getattr(adapted_record, field)
+    ]
+    if differing:
+        result.cause = (
+            f"baseline and adapted images were made differently ({'; '.join(differing)}): use the same "
+            "prompt, seed and settings so the difference is caused by the adapter alone"
+        )
+        return result
+    if peft_unet is None:
+        result.measured, result.value = "0.00", 0.0
+        result.cause = "no adapter was saved, so the adapted image cannot differ from the base model's"
+        return result
+    regenerated_base = _regenerate(pipe, peft_unet, base_record, adapted=False)
+    regenerated_adapted = _regenerate(pipe, peft_unet, adapted_record, adapted=True)
+    value = lab_utils.mean_abs_diff(regenerated_base, regenerated_adapted)
+    result.measured, result.value = f"{value:.2f}", value
+    mismatch = {
+        name: lab_utils.mean_abs_diff(artefacts.images[name], regenerated)
+        for name, regenerated in (("baseline_image", regenerated_base), ("adapted_image", regenerated_adapted))
+        if artefacts.images[name].size == regenerated.size
+    }
+    inconsistent = [
+        name for name in ("baseline_image", "adapted_image")
+        if name not in mismatch or not mismatch[name] <= config.image_tolerance
+    ]
+    if inconsistent:
+        detail = ", ".join(
+            f"{n} differs from its regeneration by {mismatch[n]:.2f}" if n in mismatch else f"{n} has the wrong size"
+            for n in inconsistent
+        )
+        result.cause = (
+            f"inconsistent: the saved image was not produced by this adapter with its recorded prompt and "
+            f"seed ({detail}); generate the adapted image after training, with the same seed, and do "
+            "not edit the images"
+        )
+        return result
+    if value > threshold and not math.isnan(value):
+        result.passed, result.points = True, points
+    elif value == 0.0:
+        result.cause = (
+            "mean_abs_diff = 0.0: the adapter has no effect on generation — it was never trained "
+            "(learning rate 0?) or is not active (was the adapted image generated with lora_scale=0?)"
+        )
+    else:
+        result.cause = (
+            f"the adapter moved the pixels by only {value:.2f}: train more steps or with a higher "
+            "learning rate"
+        )
+    return result

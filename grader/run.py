@@ -1,0 +1,200 @@
+"""Execute a notebook headlessly with nbclient: a fresh kernel, a private working directory,
+per-cell and total timeouts, and the grader's artefact cell at the end."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+from grader.artefacts import save_cell_source
+from lab_utils.errors import LabError
+from lab_utils.models import MODEL_ENV
+
+KERNEL_NAME = "sd-lora-lab-grader"
+SAVE_TIMEOUT = 300.0  # seconds for the artefact cell (saving an SD 1.5 adapter takes < 1 s)
+
+
+@dataclass
+class StepFailure:
+    step: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"step {self.step}" if self.step is not None else "the notebook"
+        return f"{where} failed: {self.reason}"
+
+
+@dataclass
+class Execution:
+    """How the run went: the last step whose cells all finished, and the first failure."""
+
+    steps_total: int
+    steps_completed: int
+    failure: StepFailure | None = None
+    artefacts_saved: bool = False
+    seconds: float = 0.0
+    cells_run: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def read_notebook(path: Path) -> nbformat.NotebookNode:
+    """Read and validate a notebook; a missing, corrupt or non-notebook file is one clear LabError."""
+    if not path.is_file():
+        raise LabError(f"notebook '{path}' does not exist")
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise LabError(f"'{path}' is not a notebook (not valid JSON: {error})") from None
+    except Exception as error:  # nbformat raises several types for malformed files
+        raise LabError(f"'{path}' is not a readable notebook: {str(error).splitlines()[0]}") from None
+    try:
+        nbformat.validate(nb)
+    except nbformat.ValidationError as error:
+        raise LabError(f"'{path}' is not a valid notebook: {str(error).splitlines()[0]}") from None
+    return nb
+
+
+def cell_step(cell, current: int | None) -> int | None:
+    """The lab step a cell belongs to: its ``lab.step`` metadata, else a "Step N" markdown heading."""
+    step = cell.get("metadata", {}).get("lab", {}).get("step")
+    if isinstance(step, int):
+        return step
+    if cell.cell_type == "markdown":
+        match = re.search(r"^#+\s*Step\s+(\d+)", cell.source, flags=re.MULTILINE | re.IGNORECASE)
+        if match:
+            return int(match.group(1))
+    return current
+
+
+def _kernel_manager(kernels_dir: Path) -> AsyncKernelManager:
+    """A kernel that runs this interpreter (the environment that has lab_utils), whatever kernels
+    the user has installed."""
+    spec = kernels_dir / KERNEL_NAME
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "SD LoRA Lab grader", "language": "python"}))
+    return AsyncKernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernels_dir)]))
+
+
+def execute_notebook(
+    nb: nbformat.NotebookNode,
+    model: str,
+    artefact_dir: Path,
+    cell_timeout: float,
+    total_timeout: float,
+    startup_timeout: float = 60.0,
+) -> Execution:
+    """Run every code cell in order in a fresh kernel, stopping at the first error, then save the
+    artefacts (if the kernel is still alive). Never raises for anything the notebook does."""
+    nb = copy.deepcopy(nb)  # outputs and the grader's cell are written into this copy
+    steps = [s for s in (cell_step(c, None) for c in nb.cells) if s is not None]
+    execution = Execution(steps_total=max(steps, default=0), steps_completed=0)
+    start = time.monotonic()
+    deadline = start + total_timeout
+    hit_total = {"value": False}
+
+    def timeout_for(cell) -> int:
+        remaining = deadline - time.monotonic()
+        if remaining <= cell_timeout:
+            hit_total["value"] = True
+        return max(1, int(min(cell_timeout, remaining)))
+
+    env = dict(os.environ)
+    env[MODEL_ENV] = model
+    env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    with tempfile.TemporaryDirectory(prefix="sd-lora-lab-run-") as tmp:
+        workdir = Path(tmp) / "work"
+        workdir.mkdir()
+        client = NotebookClient(
+            nb,
+            km=_kernel_manager(Path(tmp) / "kernels"),
+            timeout=int(cell_timeout),
+            timeout_func=timeout_for,
+            startup_timeout=int(startup_timeout),
+            allow_errors=False,
+            interrupt_on_timeout=False,  # a loop that swallows KeyboardInterrupt would hang nbclient
+            shutdown_kernel="immediate",
+            resources={"metadata": {"path": str(workdir)}},
+        )
+        current_step: int | None = None
+        completed_through = 0
+        try:
+            # the kernel's own stderr (ZMQ notices, "parent exited") goes to a log, not the grader's terminal
+            with open(Path(tmp) / "kernel.log", "wb") as log, client.setup_kernel(env=env, stdout=log, stderr=log):
+                kernel_alive = True
+                for index, cell in enumerate(nb.cells):
+                    step = cell_step(cell, current_step)
+                    if step != current_step and current_step is not None and execution.failure is None:
+                        completed_through = current_step
+                    current_step = step
+                    if cell.cell_type != "code":
+                        continue
+                    try:
+                        client.execute_cell(cell, index)
+                        execution.cells_run += 1
+                    except CellTimeoutError:
+                        reason = (
+                            f"the notebook ran past the total timeout of {total_timeout:g} s"
+                            if hit_total["value"] else f"a cell ran past the per-cell timeout of {cell_timeout:g} s"
+                        )
+                        execution.failure = StepFailure(step, reason)
+                        kernel_alive = False  # nbclient does not interrupt: the kernel is stuck
+                        break
+                    except DeadKernelError:
+                        execution.failure = StepFailure(step, "the kernel died (os._exit, a crash or out of memory)")
+                        kernel_alive = False
+                        break
+                    except CellExecutionError as error:
+                        execution.failure = StepFailure(step, _error_line(error))
+                        break
+                if execution.failure is None and current_step is not None:
+                    completed_through = current_step
+                if kernel_alive:
+                    execution.artefacts_saved = _save(client, artefact_dir, execution)
+        except DeadKernelError:
+            execution.failure = execution.failure or StepFailure(current_step, "the kernel died")
+        except RuntimeError as error:  # kernel failed to start
+            execution.failure = StepFailure(None, f"the kernel did not start: {error}")
+    execution.steps_completed = completed_through
+    execution.seconds = time.monotonic() - start
+    return execution
+
+
+def _save(client: NotebookClient, artefact_dir: Path, execution: Execution) -> bool:
+    """Append the grader's artefact cell (nbclient stores outputs into ``nb.cells``) and run it."""
+    cell = nbformat.v4.new_code_cell(save_cell_source(artefact_dir))
+    client.nb.cells.append(cell)
+    index = len(client.nb.cells) - 1
+    saved_timeout_func = client.timeout_func
+    client.timeout_func = lambda _cell: int(SAVE_TIMEOUT)
+    try:
+        client.execute_cell(cell, index, store_history=False)
+        return True
+    except (CellExecutionError, CellTimeoutError, DeadKernelError) as error:
+        execution.notes.append(f"saving the artefacts failed: {_error_line(error)}")
+        return False
+    finally:
+        client.timeout_func = saved_timeout_func
+
+
+def _error_line(error: Exception) -> str:
+    """The learner-facing line of a cell error: 'NotImplementedError: Step 2: ...'."""
+    ename = getattr(error, "ename", None)
+    evalue = getattr(error, "evalue", None)
+    if ename:
+        return f"{ename}: {evalue}".strip().rstrip(":")
+    text = str(error).strip().splitlines()
+    return text[-1] if text else type(error).__name__

@@ -1,0 +1,91 @@
+"""The overfit loop on one image + caption (the notebook's step 3, as a tested function)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from PIL import Image
+
+from lab_utils.lora import adapter_grad_norms, lora_parameters
+
+
+@dataclass
+class TrainResult:
+    """What the loop measured: the loss per step and each adapter tensor's gradient norm per step."""
+
+    loss_history: list[float] = field(default_factory=list)
+    grad_norm_history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def last_grad_norms(self) -> dict[str, float]:
+        return self.grad_norm_history[-1] if self.grad_norm_history else {}
+
+
+def encode_image(pipe, image: Image.Image) -> torch.Tensor:
+    """(1, 4, H/f, W/f) VAE latents of ``image``, scaled as the U-Net expects (f = 8 for SD 1.5)."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0  # (H, W, 3) in [-1, 1]
+    pixels = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W)
+    pixels = pixels.to(pipe.device, pipe.vae.dtype)
+    with torch.no_grad():
+        latents = pipe.vae.encode(pixels).latent_dist.mode()
+    return latents * pipe.vae.config.scaling_factor
+
+
+def encode_prompt(pipe, prompt: str) -> torch.Tensor:
+    """(1, 77, D) text-encoder hidden states for ``prompt`` (D = 768 for SD 1.5)."""
+    with torch.no_grad():
+        embeds, _ = pipe.encode_prompt(prompt, pipe.device, 1, do_classifier_free_guidance=False)
+    return embeds
+
+
+def training_scheduler(pipe) -> DDPMScheduler:
+    """A DDPM scheduler with the pipeline's noise schedule, for ``add_noise`` in training."""
+    return DDPMScheduler.from_config(pipe.scheduler.config)
+
+
+def train_lora(
+    pipe,
+    unet: torch.nn.Module,
+    image: Image.Image,
+    prompt: str,
+    steps: int = 30,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> TrainResult:
+    """Overfit the LoRA adapters of ``unet`` (already attached to ``pipe.unet``) on one example.
+
+    Latents and the text embedding are computed once; each step draws noise and a timestep, asks
+    the U-Net for the scheduler's target, and steps AdamW on the LoRA parameters only.
+    """
+    scheduler = training_scheduler(pipe)
+    latents = encode_image(pipe, image)  # (1, 4, h, w), once
+    text_embeddings = encode_prompt(pipe, prompt)  # (1, 77, D), once
+    params = [p for p in lora_parameters(unet).values() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    result = TrainResult()
+    unet.train()
+    for _ in range(steps):
+        # forward: noise the clean latents at a random timestep
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=generator)
+        timesteps = timesteps.to(latents.device)
+        noisy_latents = scheduler.add_noise(latents, noise, timesteps)
+        if scheduler.config.prediction_type == "v_prediction":
+            target = scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        prediction = unet(noisy_latents, timesteps, encoder_hidden_states=text_embeddings).sample
+        loss = F.mse_loss(prediction.float(), target.float())
+        # backward and step
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        result.grad_norm_history.append(adapter_grad_norms(unet))
+        optimizer.step()
+        result.loss_history.append(loss.item())
+    unet.eval()
+    return result
