@@ -1,5 +1,11 @@
 """Helpers for the SD LoRA Lab notebook: load Stable Diffusion, attach LoRA, train, generate, compare."""
 
+from lab_utils.quiet import silence_known_warnings
+
+silence_known_warnings()  # before diffusers is imported below
+
+# ruff: noqa: E402
+
 from lab_utils.components import describe
 from lab_utils.data import TRAIN_PROMPT, training_example
 from lab_utils.display import difference_heatmap, plot_loss, show_side_by_side

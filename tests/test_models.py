@@ -1,0 +1,98 @@
+"""Loading models: the built-in tiny model, local folders, and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import FAST
+
+import lab_utils
+from lab_utils.tiny import TINY_MODEL_DIR, build_tokenizer_files, tiny_model_dir
+
+
+def test_tiny_is_real_sd_classes_on_cpu_fp32(pipe):
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    assert type(pipe.tokenizer).__name__ == "CLIPTokenizer"
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert pipe.device.type == "cpu" and pipe.unet.dtype == torch.float32
+    assert not any(p.requires_grad for p in pipe.unet.parameters())
+    assert lab_utils.native_size(pipe) == 64
+
+
+def test_tiny_tokenizer_keeps_lab_words_whole(pipe):
+    assert pipe.tokenizer.tokenize("a red circle in sks style") == [
+        "a</w>", "red</w>", "circle</w>", "in</w>", "sks</w>", "style</w>",
+    ]
+    assert pipe.tokenizer.tokenize("zebra")  # any text still tokenizes (bytes)
+
+
+def test_shipped_tokenizer_files_match_their_builder():
+    vocab, merges = build_tokenizer_files()
+    assert json.loads((TINY_MODEL_DIR / "tokenizer" / "vocab.json").read_text()) == vocab
+    assert (TINY_MODEL_DIR / "tokenizer" / "merges.txt").read_text().splitlines()[1:] == merges
+
+
+def test_tiny_build_is_deterministic_across_processes(tmp_path):
+    """A second, independent build (another process, another cache) gives the same weights."""
+    code = (
+        "import lab_utils, torch; p = lab_utils.load_pipeline('tiny', device='cpu');"
+        "print(sum(float(t.double().sum()) for t in p.unet.state_dict().values()))"
+    )
+    env = {**__import__("os").environ, "SD_LORA_LAB_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    here = lab_utils.load_pipeline("tiny", device="cpu")
+    assert float(out.strip().splitlines()[-1]) == pytest.approx(
+        sum(float(t.double().sum()) for t in here.unet.state_dict().values()), rel=0, abs=1e-9
+    )
+    assert (tmp_path / tiny_model_dir().name / "unet").is_dir()
+
+
+def test_a_local_diffusers_folder_loads_like_sd15_on_a_pod(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "sd")
+    again = lab_utils.load_pipeline(str(tmp_path / "sd"), device="cpu")
+    again.set_progress_bar_config(disable=True)
+    a = lab_utils.generate(pipe, "a blue square", seed=1, **FAST)
+    b = lab_utils.generate(again, "a blue square", seed=1, **FAST)
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("/nonexistent/sd15", "model '/nonexistent/sd15' not found"),
+        ("./models/sd15", "model './models/sd15' not found"),
+        ("someone/some-model", "cannot be downloaded offline (HF_HUB_OFFLINE=1)"),
+    ],
+)
+def test_bad_models_are_one_clear_line(model, message):
+    with pytest.raises(lab_utils.LabError) as info:
+        lab_utils.load_pipeline(model)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_folder_without_model_index_and_file_without_config(tmp_path):
+    with pytest.raises(lab_utils.LabError, match="has no model_index.json"):
+        lab_utils.load_pipeline(str(tmp_path))
+    checkpoint = tmp_path / "sd15.safetensors"
+    checkpoint.write_bytes(b"")
+    with pytest.raises(lab_utils.LabError, match="needs config=<local diffusers folder"):
+        lab_utils.load_pipeline(str(checkpoint))
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(lab_utils.LabError, match="not a .safetensors or .ckpt"):
+        lab_utils.load_pipeline(str(tmp_path / "notes.txt"))
+
+
+def test_lab_error_renders_as_one_line_in_ipython():
+    assert lab_utils.LabError("model 'x' not found")._render_traceback_() == ["LabError: model 'x' not found"]
+
+
+def test_device_and_dtype_defaults_on_this_machine():
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only expectation")
+    assert lab_utils.default_device().type in {"cpu", "mps"}
+    assert lab_utils.default_dtype(torch.device("cpu")) == torch.float32
