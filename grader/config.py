@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lab_utils.errors import LabError
+
 
 @dataclass(frozen=True)
 class GradingConfig:
@@ -23,3 +25,10 @@ class GradingConfig:
     cell_timeout: float = 600.0  # seconds per cell
     total_timeout: float = 1800.0  # seconds for the whole notebook
     startup_timeout: float = 60.0  # seconds for the kernel to start
+
+    def __post_init__(self) -> None:
+        for option, value in (
+            ("--timeout", self.total_timeout), ("--cell-timeout", self.cell_timeout), ("startup_timeout", self.startup_timeout)
+        ):
+            if not value > 0:
+                raise LabError(f"{option} must be positive (got {value:g} s)")

@@ -56,10 +56,9 @@ def read_notebook(path: Path) -> nbformat.NotebookNode:
         raise LabError(f"notebook '{path}' does not exist")
     try:
         nb = nbformat.read(path, as_version=4)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise LabError(f"'{path}' is not a notebook (not valid JSON: {error})") from None
     except Exception as error:  # nbformat raises several types for malformed files
-        raise LabError(f"'{path}' is not a readable notebook: {str(error).splitlines()[0]}") from None
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise LabError(f"'{path}' is not a notebook: {first}") from None
     try:
         nbformat.validate(nb)
     except nbformat.ValidationError as error:
