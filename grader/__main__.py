@@ -18,13 +18,18 @@ def _grade_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("notebook", type=Path, help="the notebook to grade")
     parser.add_argument(
-        "--model", default=None,
+        "--model",
+        default=None,
         help="'tiny' (built-in, default), a local diffusers folder such as SD 1.5, or a hub id; "
         "defaults to $SD_LORA_LAB_MODEL, then 'tiny'",
     )
-    parser.add_argument("--timeout", type=float, default=None, help="total seconds for the notebook (default 1800)")
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="total seconds for the notebook (default 1800)"
+    )
     parser.add_argument("--cell-timeout", type=float, default=None, help="seconds per cell (default 600)")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON")
+    parser.add_argument(
+        "--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON"
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return parser
 
@@ -32,9 +37,12 @@ def _grade_parser() -> argparse.ArgumentParser:
 def _release_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m grader release",
-        description="Write the student notebook (solutions → TODO stubs) and the solution notebook from one source.",
+        description="Write the student notebook (solutions → TODO stubs) and the solution notebook "
+        "from one source.",
     )
-    parser.add_argument("source", type=Path, help="the source notebook with ### BEGIN SOLUTION / ### END SOLUTION")
+    parser.add_argument(
+        "source", type=Path, help="the source notebook with ### BEGIN SOLUTION / ### END SOLUTION"
+    )
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the two notebooks")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return parser

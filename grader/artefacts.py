@@ -52,7 +52,10 @@ def save_artefacts(directory: str | os.PathLike[str], namespace: dict) -> None:
             def save_image(name=name, image=image) -> None:
                 image.convert("RGB").save(out / f"{name}.png")
                 record = image.info.get(RECORD_KEY)
-                manifest["images"][name] = {"file": f"{name}.png", "record": record if isinstance(record, dict) else None}
+                manifest["images"][name] = {
+                    "file": f"{name}.png",
+                    "record": record if isinstance(record, dict) else None,
+                }
 
             attempt(name, save_image)
 
@@ -62,14 +65,19 @@ def save_artefacts(directory: str | os.PathLike[str], namespace: dict) -> None:
     if peft_models:
 
         def save_adapter() -> None:
-            peft_models[0].save_pretrained(out / "adapter")
+            peft_models[0].save_pretrained(str(out / "adapter"))
             manifest["adapter"] = "adapter"
 
         attempt("adapter", save_adapter)
 
     for name in ("loss_history", "PROMPT", "SEED"):
         value = namespace.get(name)
-        attempt(name, lambda name=name, value=value: manifest["claims"].__setitem__(name, json.loads(json.dumps(value))))
+        attempt(
+            name,
+            lambda name=name, value=value: manifest["claims"].__setitem__(
+                name, json.loads(json.dumps(value))
+            ),
+        )
     _write_json(out / MANIFEST, manifest)
 
 
@@ -113,4 +121,3 @@ def read_artefacts(directory: Path) -> Artefacts:
     found.claims = manifest.get("claims") or {}
     found.errors += [str(e) for e in manifest.get("errors") or []]
     return found
-

@@ -76,7 +76,9 @@ def verify(artefacts: Artefacts, model: str, config: GradingConfig, stopped: str
     load_error: str | None = None
     if artefacts.adapter_dir is not None:
         try:
-            peft_unet = PeftModel.from_pretrained(base_unet, artefacts.adapter_dir, is_trainable=True).to(pipe.device)
+            peft_unet = PeftModel.from_pretrained(base_unet, artefacts.adapter_dir, is_trainable=True).to(
+                pipe.device
+            )
         except Exception as error:  # noqa: BLE001 — any failure to load is the learner's adapter's fault
             load_error = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     missing_why = stopped or "the notebook finished without a PEFT-wrapped U-Net"
@@ -97,7 +99,8 @@ def _check_count(peft_unet, load_error, expected, required_names, config, missin
     if peft_unet is None:
         result.measured = "no adapter" if load_error is None else "adapter did not load"
         result.cause = (
-            f"the adapter does not fit this model: {load_error}" if load_error
+            f"the adapter does not fit this model: {load_error}"
+            if load_error
             else f"no LoRA adapter was found ({missing_why}): wrap the U-Net with "
             "get_peft_model(pipe.unet, LoraConfig(...)) and keep the result as `unet`"
         )
@@ -152,7 +155,11 @@ def _check_gradients(pipe, peft_unet, config, missing_why) -> CheckResult:
     nonzero = sum(
         1 for p in lora.values() if p.grad is not None and torch.isfinite(p.grad).all() and p.grad.any()
     )
-    result.measured, result.expected, result.value = f"{nonzero}/{len(lora)}", f"{len(lora)}/{len(lora)}", float(nonzero)
+    result.measured, result.expected, result.value = (
+        f"{nonzero}/{len(lora)}",
+        f"{len(lora)}/{len(lora)}",
+        float(nonzero),
+    )
     if nonzero == len(lora) and len(lora) > 0 and weights_finite:
         result.passed, result.points = True, points
     elif not weights_finite:
@@ -179,11 +186,15 @@ def _record(artefacts: Artefacts, name: str) -> GenerationRecord | None:
 
 
 def _regenerate(pipe, peft_unet, record: GenerationRecord, adapted: bool):
-    kwargs = dict(prompt=record.prompt, seed=record.seed, steps=record.steps, guidance=record.guidance, size=record.size)
+    """The image ``record`` describes, with the adapter on (at its recorded scale) or off."""
     if adapted:
-        return lab_utils.generate(pipe, lora_scale=record.lora_scale, **kwargs)
+        return lab_utils.generate(
+            pipe, record.prompt, record.seed, record.steps, record.guidance, record.size, record.lora_scale
+        )
     with peft_unet.disable_adapter():
-        return lab_utils.generate(pipe, **kwargs)
+        return lab_utils.generate(
+            pipe, record.prompt, record.seed, record.steps, record.guidance, record.size
+        )
 
 
 def _check_pixels(pipe, peft_unet, artefacts: Artefacts, config, stopped) -> CheckResult:
@@ -195,11 +206,17 @@ def _check_pixels(pipe, peft_unet, artefacts: Artefacts, config, stopped) -> Che
     missing = [n for n in ("baseline_image", "adapted_image") if n not in artefacts.images]
     if missing:
         why = stopped or "the notebook finished without defining them"
-        result.cause = f"{' and '.join(missing)} not found ({why}): keep the images as `baseline_image` and `adapted_image`"
+        result.cause = (
+            f"{' and '.join(missing)} not found ({why}): keep the images as `baseline_image` and "
+            "`adapted_image`"
+        )
         return result
     base_record, adapted_record = _record(artefacts, "baseline_image"), _record(artefacts, "adapted_image")
     if base_record is None or adapted_record is None:
-        result.cause = "an image has no generation record: make both images with lab_utils.generate(pipe, prompt, seed=...)"
+        result.cause = (
+            "an image has no generation record: make both images with "
+            "lab_utils.generate(pipe, prompt, seed=...)"
+        )
         return result
     differing = [
         f"{field} {getattr(base_record, field)!r} vs {getattr(adapted_record, field)!r}"
@@ -222,16 +239,22 @@ def _check_pixels(pipe, peft_unet, artefacts: Artefacts, config, stopped) -> Che
     result.measured, result.value = f"{value:.2f}", value
     mismatch = {
         name: lab_utils.mean_abs_diff(artefacts.images[name], regenerated)
-        for name, regenerated in (("baseline_image", regenerated_base), ("adapted_image", regenerated_adapted))
+        for name, regenerated in (
+            ("baseline_image", regenerated_base),
+            ("adapted_image", regenerated_adapted),
+        )
         if artefacts.images[name].size == regenerated.size
     }
     inconsistent = [
-        name for name in ("baseline_image", "adapted_image")
+        name
+        for name in ("baseline_image", "adapted_image")
         if name not in mismatch or not mismatch[name] <= config.image_tolerance
     ]
     if inconsistent:
         detail = ", ".join(
-            f"{n} differs from its regeneration by {mismatch[n]:.2f}" if n in mismatch else f"{n} has the wrong size"
+            f"{n} differs from its regeneration by {mismatch[n]:.2f}"
+            if n in mismatch
+            else f"{n} has the wrong size"
             for n in inconsistent
         )
         result.cause = (

@@ -13,7 +13,7 @@ class GradingConfig:
     and a same-seed pixel difference above 0.5 on the 0–255 scale."""
 
     rank: int = 4
-    alpha: float = 4
+    alpha: int = 4
     targets: str | tuple[str, ...] = "attn"  # a lab_utils.TARGET_PRESETS name or module names
     min_mean_abs_diff: float = 0.5  # 0–255 scale, regenerated baseline vs regenerated adapted
     # A learner's saved image must match the grader's regeneration of it within this mean absolute
@@ -28,7 +28,9 @@ class GradingConfig:
 
     def __post_init__(self) -> None:
         for option, value in (
-            ("--timeout", self.total_timeout), ("--cell-timeout", self.cell_timeout), ("startup_timeout", self.startup_timeout)
+            ("--timeout", self.total_timeout),
+            ("--cell-timeout", self.cell_timeout),
+            ("startup_timeout", self.startup_timeout),
         ):
             if not value > 0:
                 raise LabError(f"{option} must be positive (got {value:g} s)")

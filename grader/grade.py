@@ -30,7 +30,9 @@ class GradeReport:
         return asdict(self)
 
 
-def grade_notebook(notebook: str | Path, model: str = "tiny", config: GradingConfig | None = None) -> GradeReport:
+def grade_notebook(
+    notebook: str | Path, model: str = "tiny", config: GradingConfig | None = None
+) -> GradeReport:
     """Execute ``notebook`` with ``model`` and run every check.
 
     Raises:
@@ -51,7 +53,9 @@ def grade_notebook(notebook: str | Path, model: str = "tiny", config: GradingCon
         stopped = None
         if execution.failure is not None:
             step = execution.failure.step
-            stopped = f"the notebook stopped at step {step}" if step is not None else "the notebook stopped early"
+            stopped = (
+                f"the notebook stopped at step {step}" if step is not None else "the notebook stopped early"
+            )
         verification = verify(artefacts, model, config, stopped)
     checks = verification.checks
     score = sum(c.points for c in checks)

@@ -35,7 +35,9 @@ def _regions(source: str, where: str) -> list[tuple[str, str, list[str]]]:
         indent, edge, kind = match.groups()
         if edge == "BEGIN":
             if open_kind is not None:
-                raise LabError(f"{where}, line {number}: '### BEGIN {kind}' inside an open {open_kind} region")
+                raise LabError(
+                    f"{where}, line {number}: '### BEGIN {kind}' inside an open {open_kind} region"
+                )
             open_kind = kind
             pieces.append((kind, indent, []))
         else:
@@ -56,7 +58,9 @@ def _stub(cell, indent: str, step: int | None) -> list[str]:
     return [f"{indent}# TODO: {todo}", f"{indent}raise NotImplementedError({prefix + 'TODO: ' + todo!r})"]
 
 
-def make_versions(source_nb: nbformat.NotebookNode, name: str = "source") -> tuple[nbformat.NotebookNode, nbformat.NotebookNode]:
+def make_versions(
+    source_nb: nbformat.NotebookNode, name: str = "source"
+) -> tuple[nbformat.NotebookNode, nbformat.NotebookNode]:
     """(student, solution): outputs cleared in both; graded cells marked ``lab.solution = true``."""
     student, solution = copy.deepcopy(source_nb), copy.deepcopy(source_nb)
     step = None
@@ -90,7 +94,10 @@ def release_notebook(source: Path, output: Path) -> list[Path]:
     student, solution = make_versions(read_notebook(source), str(source))
     output.mkdir(parents=True, exist_ok=True)
     written = []
-    for nb, path in ((student, output / f"{source.stem}.ipynb"), (solution, output / f"{source.stem}_solution.ipynb")):
+    for nb, path in (
+        (student, output / f"{source.stem}.ipynb"),
+        (solution, output / f"{source.stem}_solution.ipynb"),
+    ):
         if path.resolve() == source.resolve():
             raise LabError(f"release would overwrite the source '{source}': choose another -o folder")
         write_notebook(nb, path)

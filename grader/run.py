@@ -84,8 +84,12 @@ def _kernel_manager(kernels_dir: Path) -> AsyncKernelManager:
     spec = kernels_dir / KERNEL_NAME
     spec.mkdir(parents=True)
     argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "SD LoRA Lab grader", "language": "python"}))
-    return AsyncKernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernels_dir)]))
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "SD LoRA Lab grader", "language": "python"})
+    )
+    return AsyncKernelManager(
+        kernel_name=KERNEL_NAME, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernels_dir)])
+    )
 
 
 def execute_notebook(
@@ -131,8 +135,13 @@ def execute_notebook(
         current_step: int | None = None
         completed_through = 0
         try:
-            # the kernel's own stderr (ZMQ notices, "parent exited") goes to a log, not the grader's terminal
-            with open(Path(tmp) / "kernel.log", "wb") as log, client.setup_kernel(env=env, stdout=log, stderr=log):
+            # The kernel's own stderr (ZMQ notices, "parent exited") goes to a log, not the grader's
+            # terminal. cleanup_kc=True: nbclient shuts down only kernels of managers it created
+            # itself, and this one is ours — without it a timed-out kernel would keep running.
+            with (
+                open(Path(tmp) / "kernel.log", "wb") as log,
+                client.setup_kernel(env=env, stdout=log, stderr=log, cleanup_kc=True),
+            ):
                 kernel_alive = True
                 for index, cell in enumerate(nb.cells):
                     step = cell_step(cell, current_step)
@@ -147,13 +156,16 @@ def execute_notebook(
                     except CellTimeoutError:
                         reason = (
                             f"the notebook ran past the total timeout of {total_timeout:g} s"
-                            if hit_total["value"] else f"a cell ran past the per-cell timeout of {cell_timeout:g} s"
+                            if hit_total["value"]
+                            else f"a cell ran past the per-cell timeout of {cell_timeout:g} s"
                         )
                         execution.failure = StepFailure(step, reason)
                         kernel_alive = False  # nbclient does not interrupt: the kernel is stuck
                         break
                     except DeadKernelError:
-                        execution.failure = StepFailure(step, "the kernel died (os._exit, a crash or out of memory)")
+                        execution.failure = StepFailure(
+                            step, "the kernel died (os._exit, a crash or out of memory)"
+                        )
                         kernel_alive = False
                         break
                     except CellExecutionError as error:

@@ -68,7 +68,9 @@ def describe(pipe) -> PipelineDescription:
             first = next(value.parameters(), None)
             components.append(
                 ComponentRow(
-                    name, type(value).__name__, sum(p.numel() for p in value.parameters()),
+                    name,
+                    type(value).__name__,
+                    sum(p.numel() for p in value.parameters()),
                     str(first.dtype).removeprefix("torch.") if first is not None else "",
                     str(first.device) if first is not None else "",
                 )
@@ -78,7 +80,9 @@ def describe(pipe) -> PipelineDescription:
     counts: dict[str, list[int]] = {}
     for name, module in pipe.unet.named_modules():
         if isinstance(module, Attention):
-            match = re.match(r"(?:base_model\.model\.)?((?:down|up)_blocks\.\d+|mid_block)\..*(attn[12])$", name)
+            match = re.match(
+                r"(?:base_model\.model\.)?((?:down|up)_blocks\.\d+|mid_block)\..*(attn[12])$", name
+            )
             if match:
                 block, kind = match.groups()
                 counts.setdefault(block, [0, 0])[kind == "attn2"] += 1

@@ -18,7 +18,9 @@ def difference_heatmap(a: ImageLike, b: ImageLike) -> Image.Image:
     return ImageOps.colorize(gray, black="black", mid="red", white="yellow")
 
 
-def show_side_by_side(base: ImageLike, adapted: ImageLike, titles: tuple[str, str] = ("baseline", "adapted")) -> Image.Image:
+def show_side_by_side(
+    base: ImageLike, adapted: ImageLike, titles: tuple[str, str] = ("baseline", "adapted")
+) -> Image.Image:
     """One image: baseline | adapted | difference heatmap, each titled (mean_abs_diff in the third)."""
     score = mean_abs_diff(base, adapted)
     panels = [_to_image(base), _to_image(adapted), difference_heatmap(base, adapted)]
@@ -48,4 +50,8 @@ def plot_loss(losses: list[float], title: str = "LoRA overfit loss"):
 
 
 def _to_image(image: ImageLike) -> Image.Image:
-    return image.convert("RGB") if isinstance(image, Image.Image) else Image.fromarray(to_array(image).astype(np.uint8))
+    return (
+        image.convert("RGB")
+        if isinstance(image, Image.Image)
+        else Image.fromarray(to_array(image).astype(np.uint8))
+    )

@@ -46,7 +46,9 @@ def generate(
     ``lora_scale`` scales active LoRA adapters for this call (0 = base model). The returned image
     carries its :class:`GenerationRecord` in ``image.info["sd_lora_lab"]``.
     """
-    record = GenerationRecord(prompt, int(seed), int(steps), float(guidance), int(size or native_size(pipe)), lora_scale)
+    record = GenerationRecord(
+        prompt, int(seed), int(steps), float(guidance), int(size or native_size(pipe)), lora_scale
+    )
     kwargs = {}
     if lora_scale is not None:
         kwargs["cross_attention_kwargs"] = {"scale": float(lora_scale)}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -46,7 +46,7 @@ def resolve_targets(targets: Targets) -> str | list[str]:
     return names
 
 
-def lora_config(rank: int = 4, alpha: float = 4, targets: Targets = "attn", **kwargs) -> LoraConfig:
+def lora_config(rank: int = 4, alpha: int = 4, targets: Targets = "attn", **kwargs) -> LoraConfig:
     """The ``LoraConfig`` for ``rank``/``alpha`` on ``targets`` (LoRA output scale = alpha / rank)."""
     if not isinstance(rank, int) or rank < 1:
         raise LabError(f"rank={rank!r}: the LoRA rank must be a positive integer")
@@ -59,8 +59,7 @@ def target_module_names(model: torch.nn.Module, targets: Targets) -> list[str]:
     return [
         name
         for name, module in model.named_modules()
-        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))
-        and check_target_module_exists(config, name)
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and check_target_module_exists(config, name)
     ]
 
 
@@ -88,7 +87,7 @@ def has_lora(model: torch.nn.Module) -> bool:
 
 
 def attach_lora(
-    unet: torch.nn.Module, rank: int = 4, alpha: float = 4, targets: Targets = "attn", **kwargs
+    unet: torch.nn.Module, rank: int = 4, alpha: int = 4, targets: Targets = "attn", **kwargs
 ) -> PeftModel:
     """Wrap ``unet`` with fresh LoRA adapters (B = 0, so the output is unchanged until trained).
 
@@ -124,7 +123,7 @@ def save_adapter(unet: PeftModel, directory: str | os.PathLike[str]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=directory))
     try:
-        unet.save_pretrained(tmp)
+        unet.save_pretrained(str(tmp))
         for item in tmp.iterdir():
             os.replace(item, directory / item.name)
     finally:

@@ -44,7 +44,8 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a model string names: ``kind`` is tiny, folder, single_file or hub; ``source`` is its path or id."""
+    """What a model string names: ``kind`` is tiny, folder, single_file or hub; ``source`` its path
+    or id; ``config`` the config folder of a single file."""
 
     kind: str
     source: str
@@ -81,7 +82,9 @@ def resolve_model(model: str, config: str | os.PathLike[str] | None = None) -> M
     if _HUB_ID.match(model) and not model.startswith((".", "~")):
         from huggingface_hub import constants, try_to_load_from_cache
 
-        if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(model, "model_index.json"), str):
+        if constants.HF_HUB_OFFLINE and not isinstance(
+            try_to_load_from_cache(model, "model_index.json"), str
+        ):
             raise LabError(
                 f"model '{model}' is not a local folder, and as a hub id it cannot be downloaded "
                 "offline (HF_HUB_OFFLINE=1): mount the model and give its folder"
@@ -120,11 +123,17 @@ def load_pipeline(
     if spec.kind == "tiny":
         pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir(), local_files_only=True, **kwargs)
     elif spec.kind == "folder":
-        pipe = _catching(model, StableDiffusionPipeline.from_pretrained, spec.source, local_files_only=True, **kwargs)
+        pipe = _catching(
+            model, StableDiffusionPipeline.from_pretrained, spec.source, local_files_only=True, **kwargs
+        )
     elif spec.kind == "single_file":
         pipe = _catching(
-            model, StableDiffusionPipeline.from_single_file, spec.source,
-            config=spec.config, local_files_only=True, **kwargs,
+            model,
+            StableDiffusionPipeline.from_single_file,
+            spec.source,
+            config=spec.config,
+            local_files_only=True,
+            **kwargs,
         )
     else:
         pipe = _catching(model, StableDiffusionPipeline.from_pretrained, spec.source, **kwargs)

@@ -27,8 +27,8 @@ class TrainResult:
 
 def encode_image(pipe, image: Image.Image) -> torch.Tensor:
     """(1, 4, H/f, W/f) VAE latents of ``image``, scaled as the U-Net expects (f = 8 for SD 1.5)."""
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0  # (H, W, 3) in [-1, 1]
-    pixels = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W)
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0  # (H, W, 3) in [-1, 1]
+    pixels = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W)
     pixels = pixels.to(pipe.device, pipe.vae.dtype)
     with torch.no_grad():
         latents = pipe.vae.encode(pixels).latent_dist.mode()

@@ -23,7 +23,12 @@ pytestmark = pytest.mark.notebook
 
 def run_grader(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "grader", *args], capture_output=True, text=True, cwd=ROOT, env=os.environ, timeout=600
+        [sys.executable, "-m", "grader", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=os.environ,
+        timeout=600,
     )
 
 
@@ -72,7 +77,9 @@ def test_unfilled_student_notebook_fails_each_check_with_its_message(tmp_path):
     result = run_grader(str(STUDENT), "--json", str(out))
     assert result.returncode == 1, result.stdout + result.stderr
     report = json.loads(out.read_text())
-    assert report["execution"]["failure"].startswith("step 1 failed: NotImplementedError: Step 1: TODO: make baseline_image")
+    assert report["execution"]["failure"].startswith(
+        "step 1 failed: NotImplementedError: Step 1: TODO: make baseline_image"
+    )
     assert report["execution"]["steps_completed"] == 0
     assert [c["passed"] for c in report["checks"]] == [False, False, False]
     assert all("stopped at step 1" in c["cause"] for c in report["checks"])
@@ -80,10 +87,15 @@ def test_unfilled_student_notebook_fails_each_check_with_its_message(tmp_path):
 
 
 def test_learning_rate_zero_fails_gradients_and_pixels(tmp_path):
-    path = variant(tmp_path, ("TRAIN_STEPS, LEARNING_RATE = 30, 1e-3", "TRAIN_STEPS, LEARNING_RATE = 30, 0.0"))
+    path = variant(
+        tmp_path, ("TRAIN_STEPS, LEARNING_RATE = 30, 1e-3", "TRAIN_STEPS, LEARNING_RATE = 30, 0.0")
+    )
     checks = by_name(grade_notebook(path))
     assert checks["parameter_count"].passed
-    assert not checks["adapter_gradients"].passed and "lora_B weight is still zero" in checks["adapter_gradients"].cause
+    assert (
+        not checks["adapter_gradients"].passed
+        and "lora_B weight is still zero" in checks["adapter_gradients"].cause
+    )
     assert checks["adapter_gradients"].measured == "48/96"  # B gets gradients, A cannot while B = 0
     assert not checks["pixel_difference"].passed and checks["pixel_difference"].value == 0.0
     assert "mean_abs_diff = 0.0" in checks["pixel_difference"].cause
@@ -94,7 +106,10 @@ def test_adapter_never_attached_fails_the_count(tmp_path):
     report = grade_notebook(path)
     checks = by_name(report)
     assert report.execution["failure"].startswith("step 3 failed: ValueError")  # AdamW got no parameters
-    assert not checks["parameter_count"].passed and "no LoRA adapter was found" in checks["parameter_count"].cause
+    assert (
+        not checks["parameter_count"].passed
+        and "no LoRA adapter was found" in checks["parameter_count"].cause
+    )
     assert not checks["adapter_gradients"].passed and not checks["pixel_difference"].passed
     assert "adapted_image not found (the notebook stopped at step 3)" in checks["pixel_difference"].cause
 
@@ -102,7 +117,10 @@ def test_adapter_never_attached_fails_the_count(tmp_path):
 def test_adapted_image_from_another_seed_fails_the_pixel_check(tmp_path):
     path = variant(
         tmp_path,
-        ("adapted_image = lab_utils.generate(pipe, PROMPT, seed=SEED,", "adapted_image = lab_utils.generate(pipe, PROMPT, seed=SEED + 1,"),
+        (
+            "adapted_image = lab_utils.generate(pipe, PROMPT, seed=SEED,",
+            "adapted_image = lab_utils.generate(pipe, PROMPT, seed=SEED + 1,",
+        ),
     )
     checks = by_name(grade_notebook(path))
     assert checks["parameter_count"].passed and checks["adapter_gradients"].passed
@@ -128,7 +146,8 @@ def test_faked_adapted_image_is_reported_inconsistent(tmp_path):
     """lr 0 (nothing learned), then the adapted image replaced by baseline + noise with its record."""
     fake = (
         "import numpy as np\nfrom PIL import Image\n"
-        "noisy = np.asarray(baseline_image, dtype=np.int16) + np.random.default_rng(0).integers(-3, 4, (64, 64, 3))\n"
+        "noise = np.random.default_rng(0).integers(-3, 4, (64, 64, 3))\n"
+        "noisy = np.asarray(baseline_image, dtype=np.int16) + noise\n"
         "fake = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))\n"
         "fake.info.update(adapted_image.info)\nadapted_image = fake\n"
         "print(lab_utils.mean_abs_diff(baseline_image, adapted_image))"
@@ -140,19 +159,39 @@ def test_faked_adapted_image_is_reported_inconsistent(tmp_path):
         extra=fake,
     )
     pixels = by_name(grade_notebook(path))["pixel_difference"]
-    assert not pixels.passed and pixels.cause.startswith("inconsistent: the saved image was not produced by this adapter")
+    assert not pixels.passed and pixels.cause.startswith(
+        "inconsistent: the saved image was not produced by this adapter"
+    )
     assert pixels.value == 0.0  # the grader's own regeneration: the adapter changes nothing
 
 
+def child_processes() -> list[str]:
+    """Live (non-zombie) processes whose parent is this test process."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            children.append(stat.parent.name)
+    return children
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_timeouts_and_a_dead_kernel_keep_the_grader_in_control(tmp_path):
     loop = tmp_path / "loop.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("while True:\n    pass")]), loop)
     report = grade_notebook(loop, config=GradingConfig(cell_timeout=3, total_timeout=60))
     assert "per-cell timeout of 3 s" in report.execution["failure"] and not report.passed
+    assert child_processes() == []  # the looping kernel was killed, not left spinning
     report = grade_notebook(loop, config=GradingConfig(cell_timeout=60, total_timeout=3))
     assert "total timeout of 3 s" in report.execution["failure"]
+    assert child_processes() == []
     dead = tmp_path / "dead.ipynb"
-    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nos._exit(0)")]), dead)
+    nbformat.write(
+        nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nos._exit(0)")]), dead
+    )
     report = grade_notebook(dead)
     assert "the kernel died" in report.execution["failure"] and report.score == 0
 
@@ -180,4 +219,7 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path, make, args, message):
 
 def test_missing_notebook_is_one_line(tmp_path):
     result = run_grader(str(tmp_path / "nope.ipynb"))
-    assert result.returncode == 2 and result.stderr.strip() == f"error: notebook '{tmp_path / 'nope.ipynb'}' does not exist"
+    assert (
+        result.returncode == 2
+        and result.stderr.strip() == f"error: notebook '{tmp_path / 'nope.ipynb'}' does not exist"
+    )

@@ -24,7 +24,9 @@ def test_same_seed_same_image_and_another_seed_differs(pipe):
 def test_fresh_adapter_and_scale_zero_equal_base(pipe):
     base = lab_utils.generate(pipe, lab_utils.TRAIN_PROMPT, seed=0, **FAST)
     unet = lab_utils.attach_lora(pipe.unet)
-    assert lab_utils.mean_abs_diff(base, lab_utils.generate(pipe, lab_utils.TRAIN_PROMPT, seed=0, **FAST)) == 0.0
+    assert (
+        lab_utils.mean_abs_diff(base, lab_utils.generate(pipe, lab_utils.TRAIN_PROMPT, seed=0, **FAST)) == 0.0
+    )
     image, prompt = lab_utils.training_example(64)
     lab_utils.train_lora(pipe, unet, image, prompt, steps=5, lr=1e-2)
     trained = lab_utils.generate(pipe, lab_utils.TRAIN_PROMPT, seed=0, **FAST)
@@ -32,7 +34,10 @@ def test_fresh_adapter_and_scale_zero_equal_base(pipe):
     assert lab_utils.mean_abs_diff(base, trained) > 0.5
     assert lab_utils.mean_abs_diff(base, at_zero) == 0.0
     # the scale is restored after the call
-    assert lab_utils.mean_abs_diff(trained, lab_utils.generate(pipe, lab_utils.TRAIN_PROMPT, seed=0, **FAST)) == 0.0
+    assert (
+        lab_utils.mean_abs_diff(trained, lab_utils.generate(pipe, lab_utils.TRAIN_PROMPT, seed=0, **FAST))
+        == 0.0
+    )
 
 
 def test_a_few_steps_move_loss_gradients_and_pixels(pipe):
@@ -44,7 +49,9 @@ def test_a_few_steps_move_loss_gradients_and_pixels(pipe):
     assert np.mean(result.loss_history[-5:]) < np.mean(result.loss_history[:5])
     # step 1: B = 0 so only B gets gradients; once B moved, every tensor does
     first, last = result.grad_norm_history[0], result.last_grad_norms
-    assert all(v == 0 for k, v in first.items() if "lora_A" in k) and all(v > 0 for k, v in first.items() if "lora_B" in k)
+    assert all(v == 0 for k, v in first.items() if "lora_A" in k) and all(
+        v > 0 for k, v in first.items() if "lora_B" in k
+    )
     assert all(v > 0 for v in last.values())
     adapted = lab_utils.generate(pipe, lab_utils.TRAIN_PROMPT, seed=0, **FAST)
     assert lab_utils.mean_abs_diff(base, adapted) > 0.5
@@ -55,7 +62,9 @@ def test_learning_rate_zero_changes_nothing(pipe):
     unet = lab_utils.attach_lora(pipe.unet)
     image, prompt = lab_utils.training_example(64)
     lab_utils.train_lora(pipe, unet, image, prompt, steps=3, lr=0.0)
-    assert lab_utils.mean_abs_diff(base, lab_utils.generate(pipe, lab_utils.TRAIN_PROMPT, seed=0, **FAST)) == 0.0
+    assert (
+        lab_utils.mean_abs_diff(base, lab_utils.generate(pipe, lab_utils.TRAIN_PROMPT, seed=0, **FAST)) == 0.0
+    )
 
 
 def test_save_then_load_reproduces_the_adapted_image_bit_identically(pipe, tmp_path):
@@ -64,7 +73,11 @@ def test_save_then_load_reproduces_the_adapted_image_bit_identically(pipe, tmp_p
     lab_utils.train_lora(pipe, unet, image, prompt, steps=5, lr=1e-2)
     adapted = lab_utils.generate(pipe, lab_utils.TRAIN_PROMPT, seed=0, **FAST)
     folder = lab_utils.save_adapter(unet, tmp_path / "my-lora")
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
 
     fresh = lab_utils.load_pipeline("tiny", device="cpu")
     fresh.set_progress_bar_config(disable=True)

@@ -54,7 +54,9 @@ def test_full_preset_adds_feed_forward_and_resnet_convs(pipe):
     names = lab_utils.target_module_names(pipe.unet, "full")
     assert any(n.endswith("ff.net.2") for n in names)
     assert any(n.endswith("conv1") and "resnets" in n for n in names)
-    assert lab_utils.lora_parameter_count(pipe.unet, 4, "full") > lab_utils.lora_parameter_count(pipe.unet, 4, "attn")
+    assert lab_utils.lora_parameter_count(pipe.unet, 4, "full") > lab_utils.lora_parameter_count(
+        pipe.unet, 4, "attn"
+    )
 
 
 def test_unknown_preset_and_bad_rank_are_clear_errors(pipe):

@@ -26,7 +26,12 @@ def test_tiny_is_real_sd_classes_on_cpu_fp32(pipe):
 
 def test_tiny_tokenizer_keeps_lab_words_whole(pipe):
     assert pipe.tokenizer.tokenize("a red circle in sks style") == [
-        "a</w>", "red</w>", "circle</w>", "in</w>", "sks</w>", "style</w>",
+        "a</w>",
+        "red</w>",
+        "circle</w>",
+        "in</w>",
+        "sks</w>",
+        "style</w>",
     ]
     assert pipe.tokenizer.tokenize("zebra")  # any text still tokenizes (bytes)
 
@@ -44,7 +49,9 @@ def test_tiny_build_is_deterministic_across_processes(tmp_path):
         "print(sum(float(t.double().sum()) for t in p.unet.state_dict().values()))"
     )
     env = {**__import__("os").environ, "SD_LORA_LAB_CACHE": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
     here = lab_utils.load_pipeline("tiny", device="cpu")
     assert float(out.strip().splitlines()[-1]) == pytest.approx(
         sum(float(t.double().sum()) for t in here.unet.state_dict().values()), rel=0, abs=1e-9

@@ -6,9 +6,10 @@ from __future__ import annotations
 import importlib.util
 import re
 import subprocess
-import tomllib
+import sys
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,13 +23,17 @@ def readme_commands() -> list[str]:
 def test_ci_runs_exactly_the_readme_test_command():
     _, test_command = readme_commands()
     assert "pytest" in test_command
-    ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    ci_lines = [
+        line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")
+    ]
     assert test_command in ci_lines
 
 
 def test_readme_main_command_installs_and_grades_the_solution():
     main_command, _ = readme_commands()
-    result = subprocess.run(["bash", "-c", main_command], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        ["bash", "-c", main_command], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "all checks passed" in result.stdout
 
@@ -57,8 +62,24 @@ def test_environment_yml_mirrors_pyproject():
 
 def test_no_torchvision_anywhere_in_the_dependencies():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
+    declared = project["dependencies"] + [
+        d for extra in project["optional-dependencies"].values() for d in extra
+    ]
     env = yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
-    declared += [d for d in env if isinstance(d, str)] + [p for d in env if isinstance(d, dict) for p in d["pip"]]
+    declared += [d for d in env if isinstance(d, str)] + [
+        p for d in env if isinstance(d, dict) for p in d["pip"]
+    ]
     assert not [d for d in declared if "torchvision" in d.lower()]
-    assert importlib.util.find_spec("torchvision") is None, "torchvision is installed: it breaks diffusers here"
+    assert importlib.util.find_spec("torchvision") is None, (
+        "torchvision is installed: it breaks diffusers here"
+    )
+
+
+def test_code_is_linted_formatted_and_typed():
+    for command in (
+        ["ruff", "check", "."],
+        ["ruff", "format", "--check", "."],
+        ["mypy", "lab_utils", "grader"],
+    ):
+        result = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout}{result.stderr}"

@@ -45,12 +45,16 @@ def _nb(*sources, kinds=None):
 
 
 def test_stub_keeps_indentation_and_names_the_step_and_todo():
-    nb = _nb("for i in range(2):\n    x = i\n    ### BEGIN SOLUTION\n    y = x * 2\n    ### END SOLUTION\n    print(y)")
+    lines = ["for i in range(2):", "    x = i", "    ### BEGIN SOLUTION", "    y = x * 2"]
+    nb = _nb("\n".join([*lines, "    ### END SOLUTION", "    print(y)"]))
     nb.cells[0].metadata["lab"] = {"step": 3, "todo": "double x"}
     student, solution = make_versions(nb)
     assert student.cells[0].source.splitlines() == [
-        "for i in range(2):", "    x = i", "    # TODO: double x",
-        "    raise NotImplementedError('Step 3: TODO: double x')", "    print(y)",
+        "for i in range(2):",
+        "    x = i",
+        "    # TODO: double x",
+        "    raise NotImplementedError('Step 3: TODO: double x')",
+        "    print(y)",
     ]
     assert solution.cells[0].source == "for i in range(2):\n    x = i\n    y = x * 2\n    print(y)"
 
