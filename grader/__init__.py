@@ -1,6 +1,7 @@
 """The SD LoRA Lab autograder: execute a notebook headlessly, then verify what it produced."""
 
-from grader.config import GradingConfig
+from grader.config import GradingConfig, load_config
 from grader.grade import GradeReport, grade_notebook
+from grader.selfcheck import check
 
-__all__ = ["GradeReport", "GradingConfig", "grade_notebook"]
+__all__ = ["GradeReport", "GradingConfig", "check", "grade_notebook", "load_config"]

@@ -1,65 +1,131 @@
-"""``python -m grader NOTEBOOK`` grades; ``python -m grader release SOURCE -o DIR`` makes releases."""
+"""``python -m grader`` — grade a notebook, release one, grade a batch, merge a gradebook.
+
+python -m grader NOTEBOOK [--model M] [--checks FILE] [--results DIR] [--json FILE] ...
+python -m grader release SOURCE.ipynb -o DIR
+python -m grader batch SUBMISSIONS/ -o RESULTS/ [--workers N] [--gpus 0,1]
+python -m grader gradebook RESULTS/
+python -m grader verify ARTEFACTS/ [--visible-only]    (the self-check's clean process)
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from lab_utils.errors import LabError
 from lab_utils.models import model_from_env
 
+COMMANDS = ("release", "batch", "gradebook", "verify")
 
-def _grade_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+
+def _common(parser: argparse.ArgumentParser, grading: bool = True) -> None:
+    if grading:
+        parser.add_argument(
+            "--model",
+            default=None,
+            help="'tiny' (built-in), a local diffusers folder such as SD 1.5, or a hub id "
+            "(default: $SD_LORA_LAB_MODEL, then 'tiny')",
+        )
+        parser.add_argument(
+            "--checks", type=Path, default=None, help="checks file (TOML); default: the seed lab's"
+        )
+        parser.add_argument(
+            "--timeout", type=float, default=None, help="total seconds per notebook (default 1800)"
+        )
+        parser.add_argument("--cell-timeout", type=float, default=None, help="seconds per cell (default 600)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    grade = argparse.ArgumentParser(
         prog="python -m grader",
-        description="Execute a SD LoRA Lab notebook headlessly and grade it. "
-        "(Also: `python -m grader release SOURCE.ipynb -o DIR`.)",
+        description="Execute a SD LoRA Lab notebook headlessly and grade it. Other commands: "
+        "release, batch, gradebook, verify (`python -m grader COMMAND -h`).",
     )
-    parser.add_argument("notebook", type=Path, help="the notebook to grade")
-    parser.add_argument(
-        "--model",
+    grade.add_argument("notebook", type=Path, help="the notebook to grade")
+    _common(grade)
+    grade.add_argument(
+        "--json", type=Path, default=None, metavar="FILE", help="also write the full report as JSON"
+    )
+    grade.add_argument(
+        "--results",
+        type=Path,
         default=None,
-        help="'tiny' (built-in, default), a local diffusers folder such as SD 1.5, or a hub id; "
-        "defaults to $SD_LORA_LAB_MODEL, then 'tiny'",
+        metavar="DIR",
+        help="write results.json (Gradescope), report.json, feedback.md and images here",
     )
-    parser.add_argument(
-        "--timeout", type=float, default=None, help="total seconds for the notebook (default 1800)"
+    grade.add_argument(
+        "--submission", default=None, help="the submission's name in reports (default: file stem)"
     )
-    parser.add_argument("--cell-timeout", type=float, default=None, help="seconds per cell (default 600)")
-    parser.add_argument(
-        "--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON"
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    return parser
 
-
-def _release_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    release = argparse.ArgumentParser(
         prog="python -m grader release",
-        description="Write the student notebook (solutions → TODO stubs) and the solution notebook "
-        "from one source.",
+        description="Write the student notebook (solutions → TODO stubs, hidden tests removed) and the "
+        "solution notebook from one source.",
     )
-    parser.add_argument(
-        "source", type=Path, help="the source notebook with ### BEGIN SOLUTION / ### END SOLUTION"
+    release.add_argument(
+        "source", type=Path, help="source notebook with ### BEGIN SOLUTION / ### END SOLUTION"
     )
-    parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the two notebooks")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    return parser
+    release.add_argument("-o", "--output", type=Path, required=True, help="folder for the notebooks")
+    _common(release, grading=False)
+
+    batch = argparse.ArgumentParser(
+        prog="python -m grader batch",
+        description="Grade every notebook in a folder, concurrently and resumably.",
+    )
+    batch.add_argument("submissions", type=Path, help="folder of submitted .ipynb files")
+    batch.add_argument(
+        "-o", "--output", type=Path, required=True, help="results folder (one sub-folder each)"
+    )
+    batch.add_argument("--workers", type=int, default=1, help="submissions graded at once (default 1)")
+    batch.add_argument("--gpus", default=None, help="GPU ids to spread workers over, e.g. 0,1")
+    _common(batch)
+
+    gradebook = argparse.ArgumentParser(
+        prog="python -m grader gradebook",
+        description="Merge every RESULTS/*/report.json into gradebook.csv and summary.json.",
+    )
+    gradebook.add_argument("results", type=Path)
+    _common(gradebook, grading=False)
+
+    verify = argparse.ArgumentParser(
+        prog="python -m grader verify",
+        description="Run the checks on a saved artefact folder (no execution).",
+    )
+    verify.add_argument("artefacts", type=Path)
+    verify.add_argument(
+        "--visible-only", action="store_true", help="skip hidden checks (the learner's self-check)"
+    )
+    verify.add_argument("--json", type=Path, default=None, metavar="FILE")
+    _common(verify)
+    return {"grade": grade, "release": release, "batch": batch, "gradebook": gradebook, "verify": verify}
+
+
+def _config(args: argparse.Namespace):
+    from grader.config import GradingConfig, load_config
+
+    config = load_config(args.checks) if args.checks else GradingConfig()
+    if args.timeout is not None:
+        config = replace(config, total_timeout=args.timeout)
+    if args.cell_timeout is not None:
+        config = replace(config, cell_timeout=args.cell_timeout)
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    release = bool(argv) and argv[0] == "release"
-    args = (_release_parser() if release else _grade_parser()).parse_args(argv[1:] if release else argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else "grade"
+    args = _parsers()[command].parse_args(argv[1:] if command != "grade" else argv)
     try:
-        if release:
-            from grader.release import release_notebook
-
-            for path in release_notebook(args.source, args.output):
-                print(f"wrote {path}")
-            return 0
-        return _grade(args)
+        return {
+            "grade": _grade,
+            "release": _release,
+            "batch": _batch,
+            "gradebook": _gradebook,
+            "verify": _verify,
+        }[command](args)
     except LabError as error:
         if args.debug:
             raise
@@ -68,22 +134,78 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _grade(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from grader.config import GradingConfig
+    from grader.files import write_json
     from grader.grade import grade_notebook
-    from grader.report import print_report, write_json
+    from grader.report import print_report
 
-    config = GradingConfig()
-    if args.timeout is not None:
-        config = replace(config, total_timeout=args.timeout)
-    if args.cell_timeout is not None:
-        config = replace(config, cell_timeout=args.cell_timeout)
-    report = grade_notebook(args.notebook, args.model or model_from_env(), config)
+    config = _config(args)
+    report = grade_notebook(
+        args.notebook, args.model or model_from_env(), config, output=args.results, submission=args.submission
+    )
     print_report(report)
     if args.json is not None:
-        write_json(report, args.json)
+        write_json(args.json, report.to_dict())
     return 0 if report.passed else 1
+
+
+def _release(args: argparse.Namespace) -> int:
+    from grader.release import release_notebook
+
+    for path in release_notebook(args.source, args.output):
+        print(f"wrote {path}")
+    return 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from grader.batch import run_batch
+    from grader.report import print_summary
+
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+    summary = run_batch(
+        args.submissions,
+        args.output,
+        args.model or model_from_env(),
+        _config(args),
+        args.checks,
+        args.workers,
+        gpus,
+    )
+    print_summary(summary, args.output)
+    return 0
+
+
+def _gradebook(args: argparse.Namespace) -> int:
+    from grader.batch import write_gradebook
+    from grader.report import print_summary
+
+    print_summary(write_gradebook(args.results), args.results)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from grader.artefacts import read_artefacts
+    from grader.checks import verify
+    from grader.files import write_json
+    from grader.report import print_checks
+
+    config = _config(args)
+    if not args.artefacts.is_dir():
+        raise LabError(f"artefact folder '{args.artefacts}' does not exist")
+    only = (
+        (lambda name: config.checks[name].visibility == "visible")
+        if args.visible_only
+        else (lambda name: True)
+    )
+    checks = list(verify(read_artefacts(args.artefacts), args.model or model_from_env(), config, None, only))
+    title = (
+        "self-check — visible checks only (the grader also runs hidden checks)" if args.visible_only else None
+    )
+    print_checks(checks, title or str(args.artefacts))
+    if args.json is not None:
+        from dataclasses import asdict
+
+        write_json(args.json, {"visible_only": args.visible_only, "checks": [asdict(c) for c in checks]})
+    return 0 if checks and all(c.passed for c in checks) else 1
 
 
 if __name__ == "__main__":

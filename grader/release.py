@@ -64,6 +64,7 @@ def make_versions(
     """(student, solution): outputs cleared in both; graded cells marked ``lab.solution = true``."""
     student, solution = copy.deepcopy(source_nb), copy.deepcopy(source_nb)
     step = None
+    hidden_only: list[int] = []
     for index, (s_cell, a_cell) in enumerate(zip(student.cells, solution.cells, strict=True)):
         step = cell_step(s_cell, step)
         pieces = _regions(s_cell.source, f"{name}, cell {index}")
@@ -79,6 +80,8 @@ def make_versions(
             else:  # HIDDEN TESTS: graders keep them, students never see them
                 solution_lines += lines
         has_solution = any(kind == "SOLUTION" for kind, _, _ in pieces)
+        if any(kind == "HIDDEN TESTS" for kind, _, _ in pieces) and not "\n".join(student_lines).strip():
+            hidden_only.append(index)  # a hidden-check cell: the student version drops it
         for cell, lines in ((s_cell, student_lines), (a_cell, solution_lines)):
             cell.source = "\n".join(lines)
             if cell.cell_type == "code":
@@ -86,6 +89,7 @@ def make_versions(
                 cell.execution_count = None
             if has_solution:
                 cell.metadata.setdefault("lab", {})["solution"] = True
+    student.cells = [cell for index, cell in enumerate(student.cells) if index not in hidden_only]
     return student, solution
 
 

@@ -103,8 +103,8 @@ def execute_notebook(
     """Run every code cell in order in a fresh kernel, stopping at the first error, then save the
     artefacts (if the kernel is still alive). Never raises for anything the notebook does."""
     nb = copy.deepcopy(nb)  # outputs and the grader's cell are written into this copy
-    steps = [s for s in (cell_step(c, None) for c in nb.cells) if s is not None]
-    execution = Execution(steps_total=max(steps, default=0), steps_completed=0)
+    steps = cell_steps(nb)
+    execution = Execution(steps_total=max((s for s in steps if s is not None), default=0), steps_completed=0)
     start = time.monotonic()
     deadline = start + total_timeout
     hit_total = {"value": False}
@@ -132,7 +132,7 @@ def execute_notebook(
             shutdown_kernel="immediate",
             resources={"metadata": {"path": str(workdir)}},
         )
-        current_step: int | None = None
+        current_step: int | None = None  # the step of the last code cell that ran
         completed_through = 0
         try:
             # The kernel's own stderr (ZMQ notices, "parent exited") goes to a log, not the grader's
@@ -143,13 +143,16 @@ def execute_notebook(
                 client.setup_kernel(env=env, stdout=log, stderr=log, cleanup_kc=True),
             ):
                 kernel_alive = True
-                for index, cell in enumerate(nb.cells):
-                    step = cell_step(cell, current_step)
-                    if step != current_step and current_step is not None and execution.failure is None:
-                        completed_through = current_step
-                    current_step = step
+                for index, cell in enumerate(list(nb.cells)):
                     if cell.cell_type != "code":
                         continue
+                    step = steps[index]
+                    if step != current_step and current_step is not None:
+                        # step `current_step` finished: snapshot it, so a kernel that dies later
+                        # still leaves what the earlier steps produced (partial credit)
+                        completed_through = current_step
+                        _save(client, artefact_dir / f"after-step-{current_step}", execution)
+                    current_step = step
                     try:
                         client.execute_cell(cell, index)
                         execution.cells_run += 1
@@ -174,7 +177,7 @@ def execute_notebook(
                 if execution.failure is None and current_step is not None:
                     completed_through = current_step
                 if kernel_alive:
-                    execution.artefacts_saved = _save(client, artefact_dir, execution)
+                    execution.artefacts_saved = _save(client, artefact_dir / "final", execution)
         except DeadKernelError:
             execution.failure = execution.failure or StepFailure(current_step, "the kernel died")
         except RuntimeError as error:  # kernel failed to start
@@ -182,6 +185,29 @@ def execute_notebook(
     execution.steps_completed = completed_through
     execution.seconds = time.monotonic() - start
     return execution
+
+
+def latest_snapshot(artefact_dir: Path) -> Path:
+    """The most recent artefact snapshot: ``final`` if the kernel lived to the end, else the one
+    after the last step that finished."""
+    if (artefact_dir / "final" / "manifest.json").is_file():
+        return artefact_dir / "final"
+    steps = sorted(
+        (int(p.name.rsplit("-", 1)[1]), p)
+        for p in artefact_dir.glob("after-step-*")
+        if p.name.rsplit("-", 1)[1].isdigit() and (p / "manifest.json").is_file()
+    )
+    return steps[-1][1] if steps else artefact_dir / "final"
+
+
+def cell_steps(nb: nbformat.NotebookNode) -> list[int | None]:
+    """The step of every cell: its own marker, else the nearest one above it."""
+    steps: list[int | None] = []
+    step = None
+    for cell in nb.cells:
+        step = cell_step(cell, step)
+        steps.append(step)
+    return steps
 
 
 def _save(client: NotebookClient, artefact_dir: Path, execution: Execution) -> bool:

@@ -65,10 +65,13 @@ def test_hidden_tests_and_markdown_answers():
         "x = 1\n### BEGIN HIDDEN TESTS\nassert x == 1\n### END HIDDEN TESTS",
         kinds=["markdown", "code"],
     )
+    nb.cells.append(nbformat.v4.new_code_cell("### BEGIN HIDDEN TESTS\nassert x > 0\n### END HIDDEN TESTS"))
     student, solution = make_versions(nb)
     assert student.cells[0].source == "Answer:\n_Your answer here._"
     assert student.cells[1].source == "x = 1"
+    assert len(student.cells) == 2  # the hidden-check cell is gone from the student version
     assert solution.cells[1].source == "x = 1\nassert x == 1"
+    assert solution.cells[2].source == "assert x > 0"
 
 
 @pytest.mark.parametrize(

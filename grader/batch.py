@@ -1,0 +1,253 @@
+"""Grade a folder of submissions concurrently, resumably, and merge the results into a gradebook.
+
+Each submission is graded by its own ``python -m grader`` process (with its own kernel), so one
+slow or crashing submission never affects another; a hard timeout kills the whole process group.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from grader.config import DEFAULT_CHECKS, GradingConfig
+from grader.files import write_json, write_text
+from grader.grade import submission_key
+from lab_utils.errors import LabError
+
+GRADE_MARGIN = 300.0  # s beyond the notebook's total timeout for loading models and verifying
+
+
+@dataclass(frozen=True)
+class Submission:
+    id: str  # folder name under RESULTS/
+    path: Path
+
+
+def find_submissions(folder: Path) -> list[Submission]:
+    """Every ``*.ipynb`` under ``folder`` (checkpoints skipped), with a results-folder id per file."""
+    if not folder.is_dir():
+        raise LabError(f"submissions folder '{folder}' does not exist")
+    found = []
+    for path in sorted(folder.rglob("*.ipynb")):
+        if ".ipynb_checkpoints" in path.parts:
+            continue
+        relative = path.relative_to(folder).with_suffix("").as_posix()
+        found.append(Submission(re.sub(r"[^\w.-]+", "__", relative), path))
+    if not found:
+        raise LabError(f"submissions folder '{folder}' has no .ipynb files")
+    return found
+
+
+def already_graded(submission: Submission, results: Path, config: GradingConfig, model: str) -> bool:
+    """A finished report whose key (notebook content + checks + model) matches: skip it on resume."""
+    try:
+        report = json.loads((results / submission.id / "report.json").read_text())
+    except (OSError, ValueError):
+        return False
+    key = submission_key(submission.path.read_bytes(), config, model)
+    return report.get("status") in {"graded", "error", "timeout"} and report.get("key") == key
+
+
+def _grade_one(
+    submission: Submission,
+    results: Path,
+    model: str,
+    checks: Path | None,
+    config: GradingConfig,
+    gpu: str | None,
+    threads_per_worker: int = 1,
+) -> str:
+    out = results / submission.id
+    out.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "grader", str(submission.path), "--model", model, "--results", str(out)]
+    command += ["--submission", submission.id, "--timeout", str(config.total_timeout)]
+    command += ["--cell-timeout", str(config.cell_timeout)]
+    if checks is not None:
+        command += ["--checks", str(checks)]
+    env = dict(os.environ)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    else:
+        # CPU grading: split the cores between the workers. With every process using all cores,
+        # OpenMP threads spin against each other and two workers on 2 cores ran ~10× slower.
+        env.setdefault("OMP_NUM_THREADS", str(threads_per_worker))
+    start = time.monotonic()
+    with open(out / "grader.log", "wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        try:
+            code = process.wait(timeout=config.total_timeout + GRADE_MARGIN)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            _failed_report(
+                out, submission, config, model, "timeout", "the grader ran past its time limit", start
+            )
+            return "timeout"
+    if code in (0, 1) and (out / "report.json").is_file():
+        status = json.loads((out / "report.json").read_text()).get("status")
+        if status == "graded":
+            return "passed" if code == 0 else "failed"
+    last = (out / "grader.log").read_text(errors="replace").strip().splitlines()
+    _failed_report(out, submission, config, model, "error", last[-1] if last else f"exit code {code}", start)
+    return "error"
+
+
+def _failed_report(
+    out: Path,
+    submission: Submission,
+    config: GradingConfig,
+    model: str,
+    status: str,
+    reason: str,
+    start: float,
+) -> None:
+    """A report for a submission the grader could not finish (its partial results.json is kept)."""
+    write_json(
+        out / "report.json",
+        {
+            "submission": submission.id,
+            "notebook": str(submission.path),
+            "model": model,
+            "key": submission_key(submission.path.read_bytes(), config, model),
+            "status": status,
+            "checks": [],
+            "score": 0.0,
+            "max_score": config.max_score,
+            "passed": False,
+            "execution": {"failure": reason},
+            "seconds": round(time.monotonic() - start, 2),
+        },
+    )
+
+
+def run_batch(
+    submissions: Path,
+    results: Path,
+    model: str,
+    config: GradingConfig,
+    checks: Path | None = None,
+    workers: int = 1,
+    gpus: list[str] | None = None,
+    console: Console | None = None,
+) -> dict:
+    """Grade every submission not already graded; write the gradebook; return the class summary."""
+    if workers < 1:
+        raise LabError(f"--workers must be ≥ 1 (got {workers})")
+    console = console or Console(stderr=True)
+    every = find_submissions(submissions)
+    todo = [s for s in every if not already_graded(s, results, config, model)]
+    skipped = len(every) - len(todo)
+    if skipped:
+        console.print(f"resuming: {skipped} of {len(every)} submissions already graded")
+    slots: queue.Queue[int] = queue.Queue()
+    for slot in range(workers):
+        slots.put(slot)
+
+    def job(submission: Submission) -> str:
+        slot = slots.get()  # a worker slot picks its GPU, so each card runs len/gpus kernels at once
+        try:
+            gpu = gpus[slot % len(gpus)] if gpus else None
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            return _grade_one(submission, results, model, checks, config, gpu, threads)
+        finally:
+            slots.put(slot)
+
+    columns = (
+        TextColumn("grading"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+    )
+    with Progress(*columns, TimeRemainingColumn(), console=console) as progress:
+        task = progress.add_task("grading", total=len(todo))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(job, s): s for s in todo}
+            for future in as_completed(futures):
+                progress.console.print(f"{futures[future].id}: {future.result()}")
+                progress.advance(task)
+    return write_gradebook(results)
+
+
+def _reports(results: Path) -> list[dict]:
+    reports = []
+    for path in sorted(results.glob("*/report.json")):
+        try:
+            reports.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return reports
+
+
+def _cause_key(text: str) -> str:
+    """Group similar causes: the first clause, digits and quoted values blanked."""
+    first = re.split(r"[:(;]", text, maxsplit=1)[0].strip()
+    return re.sub(r"\d+(\.\d+)?", "N", first)
+
+
+def write_gradebook(results: Path) -> dict:
+    """``gradebook.csv`` (submission, per-check scores, total, status, duration) and ``summary.json``
+    (the most common failure causes across the class) from every ``*/report.json``."""
+    if not results.is_dir():
+        raise LabError(f"results folder '{results}' does not exist")
+    reports = _reports(results)
+    names = list(DEFAULT_CHECKS)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["submission", *names, "total", "max_total", "status", "duration_s", "failure"])
+    causes: Counter[str] = Counter()
+    for report in reports:
+        scores = {c["name"]: c["points"] for c in report.get("checks", [])}
+        status = report.get("status")
+        if status == "graded":
+            status = "passed" if report.get("passed") else "failed"
+        failure = (report.get("execution") or {}).get("failure") or ""
+        writer.writerow(
+            [
+                report.get("submission"),
+                *(scores.get(n, 0.0) for n in names),
+                report.get("score", 0.0),
+                report.get("max_score", 0.0),
+                status,
+                report.get("seconds", ""),
+                failure,
+            ]
+        )
+        for check in report.get("checks", []):
+            if not check.get("passed") and check.get("cause") and not str(check["cause"]).startswith("step "):
+                causes[f"{check['name']}: {_cause_key(check['cause'])}"] += 1
+        if failure:
+            reason = re.sub(r"^step \d+ failed: ", "", failure)
+            causes[f"execution: {_cause_key(reason)}"] += 1
+    write_text(results / "gradebook.csv", buffer.getvalue())
+    summary = {
+        "submissions": len(reports),
+        "passed": sum(1 for r in reports if r.get("status") == "graded" and r.get("passed")),
+        "most_common_causes": [{"cause": cause, "count": n} for cause, n in causes.most_common(10)],
+    }
+    write_json(results / "summary.json", summary)
+    return summary

@@ -1,0 +1,79 @@
+"""The grading environment's fingerprint: which card, driver, library versions and model graded."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from lab_utils.models import resolve_model
+from lab_utils.tiny import config_fingerprint, tiny_model_dir
+
+_CHUNK = 1 << 20  # bytes read from each weight file for the model hash
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _driver() -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def model_identity(model: str) -> dict:
+    """What the model is, with a quick hash: every config file whole, plus each weight file's name,
+    size and first MiB (the safetensors header lists every tensor's shape and offset)."""
+    spec = resolve_model(model)
+    if spec.kind == "hub":
+        return {"model": model, "kind": "hub", "hash": None}
+    folder = tiny_model_dir() if spec.kind == "tiny" else Path(spec.source)
+    digest = hashlib.sha256()
+    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+    for path in files:
+        if path.suffix in {".json", ".txt"}:
+            digest.update(path.name.encode() + path.read_bytes())
+        elif path.suffix in {".safetensors", ".bin", ".ckpt"}:
+            with path.open("rb") as handle:
+                digest.update(f"{path.name}:{path.stat().st_size}".encode() + handle.read(_CHUNK))
+    identity = {"model": model, "kind": spec.kind, "hash": digest.hexdigest()[:16]}
+    if spec.kind == "tiny":
+        identity["tiny_config"] = config_fingerprint()
+    return identity
+
+
+def fingerprint(model: str) -> dict:
+    """GPU, driver, Python/torch/diffusers/peft/transformers versions and the model's identity."""
+    import torch
+
+    from lab_utils.models import default_device
+
+    device = default_device()
+    gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else None
+    return {
+        "device": device.type,
+        "gpu": gpu,
+        "driver": _driver() if gpu else None,
+        "cuda": torch.version.cuda if gpu else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": _version("diffusers"),
+        "transformers": _version("transformers"),
+        "peft": _version("peft"),
+        "sd_lora_lab": _version("sd-lora-lab"),
+        **model_identity(model),
+    }

@@ -1,0 +1,65 @@
+"""The feedback report a learner (and their instructor) reads: ``feedback.md`` with images beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from grader.artefacts import Artefacts
+from grader.files import write_text
+from grader.grade import GradeReport
+from lab_utils.display import difference_heatmap
+
+
+def write_feedback(report: GradeReport, artefacts: Artefacts, output: Path) -> Path:
+    """Write ``feedback.md`` and the learner's images (baseline, adapted, difference) into ``output``.
+
+    Visible checks show measured vs expected and, when failed, the cause and fix; hidden checks show
+    only pass/fail. The learner's reflection answers are collected at the end for the instructor.
+    """
+    lines = [
+        f"# Feedback — {report.submission}",
+        "",
+        f"**Score: {report.score:g} / {report.max_score:g}**"
+        f" · model `{report.model}` on {report.environment.get('gpu') or report.environment.get('device')}",
+        "",
+    ]
+    failure = report.execution.get("failure")
+    if failure:
+        lines += [f"> {failure}", ""]
+    lines += ["| check | result | measured | expected | points |", "|---|---|---|---|---|"]
+    for check in report.checks:
+        verdict = "✅ pass" if check.passed else "❌ fail"
+        if check.visibility == "hidden":
+            lines.append(
+                f"| {check.title} (hidden) | {verdict} | — | — | {check.points:g}/{check.max_points:g} |"
+            )
+        else:
+            lines.append(
+                f"| {check.title} | {verdict} | {check.measured} | {check.expected} "
+                f"| {check.points:g}/{check.max_points:g} |"
+            )
+    fixes = [c for c in report.checks if not c.passed and c.cause and c.visibility != "hidden"]
+    if fixes:
+        lines += ["", "## What to fix", ""] + [f"- **{c.title}**: {c.cause}" for c in fixes]
+
+    images = []
+    for name in ("baseline_image", "adapted_image"):
+        if name in artefacts.images:
+            file = f"{name.removesuffix('_image')}.png"
+            artefacts.images[name].save(output / file)
+            images.append((name.removesuffix("_image"), file))
+    base, adapted = artefacts.images.get("baseline_image"), artefacts.images.get("adapted_image")
+    if base is not None and adapted is not None and base.size == adapted.size:
+        difference_heatmap(base, adapted).save(output / "difference.png")
+        images.append(("difference (yellow = largest change)", "difference.png"))
+    if images:
+        lines += ["", "## Your images", "", " ".join(f"![{label}]({file})" for label, file in images)]
+        lines += ["", " · ".join(label for label, _ in images)]
+
+    if report.reflections:
+        lines += ["", "## Your reflections", ""]
+        for answer in report.reflections:
+            lines += [f"### Step {answer['step']}", "", answer["text"].strip(), ""]
+    path = output / "feedback.md"
+    write_text(path, "\n".join(lines).rstrip() + "\n")
+    return path
