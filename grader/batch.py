@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -37,6 +38,36 @@ from grader.grade import submission_key
 from lab_utils.errors import LabError
 
 GRADE_MARGIN = 300.0  # s beyond the notebook's total timeout for loading models and verifying
+
+
+class _Children:
+    """The grader processes running now, so an interrupted batch can stop them all."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: set[subprocess.Popen] = set()
+        self.stopping = False
+
+    def start(self, *args, **kwargs) -> subprocess.Popen | None:
+        with self.lock:
+            if self.stopping:
+                return None
+            process = subprocess.Popen(*args, **kwargs, start_new_session=True)
+            self.running.add(process)
+            return process
+
+    def done(self, process: subprocess.Popen) -> None:
+        with self.lock:
+            self.running.discard(process)
+
+    def stop_all(self) -> None:
+        with self.lock:
+            self.stopping = True
+            for process in self.running:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 @dataclass(frozen=True)
@@ -77,7 +108,8 @@ def _grade_one(
     checks: Path | None,
     config: GradingConfig,
     gpu: str | None,
-    threads_per_worker: int = 1,
+    threads_per_worker: int,
+    children: _Children,
 ) -> str:
     out = results / submission.id
     out.mkdir(parents=True, exist_ok=True)
@@ -95,9 +127,9 @@ def _grade_one(
         env.setdefault("OMP_NUM_THREADS", str(threads_per_worker))
     start = time.monotonic()
     with open(out / "grader.log", "wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+        process = children.start(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if process is None:
+            return "stopped"
         try:
             code = process.wait(timeout=config.total_timeout + GRADE_MARGIN)
         except subprocess.TimeoutExpired:
@@ -107,6 +139,10 @@ def _grade_one(
                 out, submission, config, model, "timeout", "the grader ran past its time limit", start
             )
             return "timeout"
+        finally:
+            children.done(process)
+    if children.stopping:
+        return "stopped"  # killed by the interrupt: no report, so a resumed batch grades it again
     if code in (0, 1) and (out / "report.json").is_file():
         status = json.loads((out / "report.json").read_text()).get("status")
         if status == "graded":
@@ -144,6 +180,10 @@ def _failed_report(
     )
 
 
+def _interrupted(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run_batch(
     submissions: Path,
     results: Path,
@@ -163,6 +203,7 @@ def run_batch(
     skipped = len(every) - len(todo)
     if skipped:
         console.print(f"resuming: {skipped} of {len(every)} submissions already graded")
+    children = _Children()
     slots: queue.Queue[int] = queue.Queue()
     for slot in range(workers):
         slots.put(slot)
@@ -172,10 +213,13 @@ def run_batch(
         try:
             gpu = gpus[slot % len(gpus)] if gpus else None
             threads = max(1, (os.cpu_count() or 1) // workers)
-            return _grade_one(submission, results, model, checks, config, gpu, threads)
+            return _grade_one(submission, results, model, checks, config, gpu, threads, children)
         finally:
             slots.put(slot)
 
+    # SIGTERM (a scheduler's stop, `kill`) stops the batch like Ctrl-C: every grader process is
+    # killed and no half-graded submission is recorded, so the next run resumes cleanly.
+    previous = signal.signal(signal.SIGTERM, _interrupted)
     columns = (
         TextColumn("grading"),
         BarColumn(),
@@ -183,13 +227,22 @@ def run_batch(
         TimeElapsedColumn(),
         TextColumn("ETA"),
     )
-    with Progress(*columns, TimeRemainingColumn(), console=console) as progress:
-        task = progress.add_task("grading", total=len(todo))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(job, s): s for s in todo}
-            for future in as_completed(futures):
-                progress.console.print(f"{futures[future].id}: {future.result()}")
-                progress.advance(task)
+    try:
+        with Progress(*columns, TimeRemainingColumn(), console=console) as progress:
+            task = progress.add_task("grading", total=len(todo))
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = {pool.submit(job, s): s for s in todo}
+                try:
+                    for future in as_completed(futures):
+                        progress.console.print(f"{futures[future].id}: {future.result()}")
+                        progress.advance(task)
+                except KeyboardInterrupt:
+                    children.stop_all()
+                    pool.shutdown(cancel_futures=True)
+                    console.print("batch interrupted: run the same command again to resume")
+                    raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return write_gradebook(results)
 
 

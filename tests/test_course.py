@@ -1,0 +1,312 @@
+"""The grader at course scale: checks files, partial credit, results.json, feedback, batch grading
+with resume, the gradebook, the learner's self-check, and the GPU workflow."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import nbformat
+import pytest
+import yaml
+from nbclient import NotebookClient
+from test_grader import SOLUTION, STUDENT, variant
+
+from grader import GradingConfig, grade_notebook, load_config
+from grader.config import CheckSpec
+from grader.results import SCHEMA
+from lab_utils.errors import LabError
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKS = ROOT / "notebooks" / "source" / "sd_lora_lab.checks.toml"
+SCHEMA_JSON = json.loads(SCHEMA.read_text())
+
+LR0 = ("TRAIN_STEPS, LEARNING_RATE = 30, 1e-3", "TRAIN_STEPS, LEARNING_RATE = 30, 0.0")
+RANK8 = ("RANK, ALPHA = 4, 4", "RANK, ALPHA = 8, 8")
+OTHER_SEED = (
+    "adapted_image = lab_utils.generate(pipe, PROMPT, seed=SEED,",
+    "adapted_image = lab_utils.generate(pipe, PROMPT, seed=SEED + 1,",
+)
+DIE_AT_3 = dict(extra_after="TRAIN_STEPS, LEARNING_RATE", extra="import os\nos._exit(1)")
+
+
+def batch(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "grader", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=1200,
+        **kwargs,
+    )
+
+
+# --- the checks file -------------------------------------------------------------------------------
+
+
+def test_shipped_checks_file_reproduces_the_seed_lab_defaults():
+    assert load_config(CHECKS) == GradingConfig()
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "checks.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[lora]\nrank = 'four'", "[lora].rank must be int (got 'four')"),
+        ("[lora]\nrank = 0", "[lora] rank must be ≥ 1"),
+        ("[lora]\ntargets = 'mlp'", "[lora] targets 'mlp' is not one of"),
+        ("[lora]\nrnak = 4", "[lora]: unknown key 'rnak'"),
+        ("[timeouts]\ntotal = -1", "[timeouts] total must be positive"),
+        ("[checks.pixel_diff]\npoints = 1", "[checks]: unknown key 'pixel_diff'"),
+        ("[checks.pixel_difference]\nvisibility = 'secret'", "visibility must be 'visible' or 'hidden'"),
+        ("[checks.parameter_count]\npoints = -2", "points must be ≥ 0"),
+        ("[checks.parameter_count]\nmin_mean_abs_diff = 1", "unknown key 'min_mean_abs_diff'"),
+        ("[lora\nrank = 4", "is not valid TOML"),
+        ("grading = true", "unknown key 'grading'"),
+    ],
+)
+def test_invalid_checks_files_are_one_clear_error_naming_file_and_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(LabError) as info:
+        load_config(path)
+    assert message in str(info.value) and str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_checks_file_sets_points_visibility_and_thresholds(tmp_path):
+    config = load_config(
+        write(
+            tmp_path,
+            "[lora]\nrank = 8\ntargets = ['to_q', 'to_v']\n[checks.pixel_difference]\n"
+            "points = 2.5\nvisibility = 'hidden'\nmin_mean_abs_diff = 1.0\n",
+        )
+    )
+    assert config.rank == 8 and config.targets == ("to_q", "to_v") and config.min_mean_abs_diff == 1.0
+    assert config.checks["pixel_difference"] == CheckSpec(points=2.5, step=4, visibility="hidden")
+    assert config.max_score == 4.5
+
+
+def test_grader_cli_rejects_a_bad_checks_file_in_one_line(tmp_path):
+    result = batch(str(SOLUTION), "--checks", str(write(tmp_path, "[lora]\nrank = 0")))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "rank must be ≥ 1" in result.stderr
+
+
+# --- one submission: partial credit, results.json, feedback ---------------------------------------
+
+
+def test_a_notebook_that_dies_at_step_3_keeps_step_2_credit_and_writes_valid_results(tmp_path):
+    path = variant(tmp_path, **DIE_AT_3)
+    out = tmp_path / "results"
+    report = grade_notebook(path, output=out, submission="dies-at-3")
+    checks = {c.name: c for c in report.checks}
+    assert (
+        report.execution["failure"] == "step 3 failed: the kernel died (os._exit, a crash or out of memory)"
+    )
+    assert report.execution["snapshot"] == "after-step-2" and report.execution["steps_completed"] == 2
+    assert checks["parameter_count"].passed and checks["parameter_count"].points == 1
+    for name in ("adapter_gradients", "pixel_difference"):
+        assert not checks[name].passed and checks[name].cause == report.execution["failure"]
+    assert report.score == 1 and report.max_score == 3
+
+    results = json.loads((out / "results.json").read_text())
+    jsonschema.validate(results, SCHEMA_JSON)
+    assert results["score"] == 1 and results["extra_data"]["status"] == "graded"
+    assert [t["status"] for t in results["tests"]] == ["passed", "failed", "failed"]
+    assert (
+        results["extra_data"]["environment"]["model"] == "tiny"
+        and results["extra_data"]["environment"]["hash"]
+    )
+    feedback = (out / "feedback.md").read_text()
+    assert "step 3 failed: the kernel died" in feedback and "**Score: 1 / 3**" in feedback
+    assert (out / "baseline.png").is_file() and not (out / "adapted.png").exists()
+    assert "### Step 4" in feedback  # the reflections are collected for the instructor
+
+
+def test_hidden_checks_show_only_pass_or_fail(tmp_path):
+    checks = write(tmp_path, "[checks.pixel_difference]\nvisibility = 'hidden'\npoints = 2\n")
+    path = variant(tmp_path, OTHER_SEED)
+    out = tmp_path / "results"
+    result = batch(str(path), "--checks", str(checks), "--results", str(out))
+    assert result.returncode == 1, result.stdout + result.stderr
+    results = json.loads((out / "results.json").read_text())
+    jsonschema.validate(results, SCHEMA_JSON)
+    hidden = results["tests"][2]
+    assert (
+        hidden["visibility"] == "hidden"
+        and hidden["output"] == "hidden check: failed"
+        and hidden["max_score"] == 2
+    )
+    feedback = (out / "feedback.md").read_text()
+    assert "(hidden) | ❌ fail | — | — |" in feedback and "seed 0 vs 1" not in feedback
+
+
+def test_results_json_is_written_before_the_checks_run(tmp_path):
+    """A grader killed mid-way (a platform time limit) still leaves a valid results.json."""
+    out = tmp_path / "results"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "grader", str(STUDENT), "--results", str(out)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "results.json").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    results = json.loads((out / "results.json").read_text())
+    jsonschema.validate(results, SCHEMA_JSON)
+    assert results["extra_data"]["status"] == "running" and results["score"] == 0
+
+
+# --- batch grading and the gradebook ---------------------------------------------------------------
+
+
+def make_submissions(folder: Path, tmp_path: Path) -> None:
+    def edited(name: str, *edits, **extra) -> Path:
+        (tmp_path / name).mkdir()
+        return variant(tmp_path / name, *edits, **extra)
+
+    folder.mkdir()
+    sources = {
+        "alice": SOLUTION,
+        "bob": STUDENT,
+        "carol": edited("carol", LR0),
+        "dave": edited("dave", RANK8),
+        "erin": edited("erin", OTHER_SEED),
+        "frank": edited("frank", **DIE_AT_3),
+    }
+    for name, source in sources.items():
+        (folder / f"{name}.ipynb").write_bytes(source.read_bytes())
+    (folder / "grace.ipynb").write_text("this is not a notebook")
+
+
+def read_gradebook(path: Path) -> dict[str, dict]:
+    with path.open() as handle:
+        return {row["submission"]: row for row in csv.DictReader(handle)}
+
+
+def test_batch_of_mixed_submissions_with_two_workers_and_resume(tmp_path):
+    submissions, results = tmp_path / "submissions", tmp_path / "results"
+    make_submissions(submissions, tmp_path)
+    result = batch("batch", str(submissions), "-o", str(results), "--workers", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    book = read_gradebook(results / "gradebook.csv")
+    expected = {  # submission: (parameter_count, adapter_gradients, pixel_difference, status)
+        "alice": (1, 1, 1, "passed"),
+        "bob": (0, 0, 0, "failed"),
+        "carol": (1, 0, 0, "failed"),
+        "dave": (0, 1, 1, "failed"),
+        "erin": (1, 1, 0, "failed"),
+        "frank": (1, 0, 0, "failed"),
+        "grace": (0, 0, 0, "error"),
+    }
+    assert set(book) == set(expected)
+    for name, (count, grads, pixels, status) in expected.items():
+        row = book[name]
+        got = (float(row["parameter_count"]), float(row["adapter_gradients"]), float(row["pixel_difference"]))
+        assert got == (count, grads, pixels) and row["status"] == status, (name, row)
+        assert float(row["total"]) == count + grads + pixels and float(row["duration_s"]) > 0
+    assert "is not a notebook" in book["grace"]["failure"]
+    for name in expected:
+        if name != "grace":
+            jsonschema.validate(json.loads((results / name / "results.json").read_text()), SCHEMA_JSON)
+            assert (results / name / "feedback.md").is_file()
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["submissions"] == 7 and summary["passed"] == 1
+    assert any(
+        c["cause"].startswith("adapter_gradients: every lora_B weight") for c in summary["most_common_causes"]
+    )
+    assert "most common failure causes" in result.stdout
+
+    # a second run grades nothing again; a changed submission is regraded
+    again = batch("batch", str(submissions), "-o", str(results), "--workers", "2")
+    assert "resuming: 7 of 7 submissions already graded" in again.stderr
+    assert read_gradebook(results / "gradebook.csv") == book
+    merged = batch("gradebook", str(results))
+    assert merged.returncode == 0 and read_gradebook(results / "gradebook.csv") == book
+
+
+def test_an_interrupted_batch_resumes_without_regrading(tmp_path):
+    submissions, results = tmp_path / "submissions", tmp_path / "results"
+    submissions.mkdir()
+    for name in ("a1", "a2", "a3"):
+        (submissions / f"{name}.ipynb").write_bytes(SOLUTION.read_bytes())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "grader", "batch", str(submissions), "-o", str(results)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    graded: list[Path] = []
+    while not graded and time.monotonic() < deadline:
+        time.sleep(0.5)
+        graded = [
+            p
+            for p in results.glob("*/report.json")
+            if json.loads(p.read_text() or "{}").get("status") == "graded"
+        ]
+    assert graded, "no submission finished within 300 s"
+    process.send_signal(signal.SIGTERM)  # a scheduler stopping the job
+    assert process.wait(timeout=60) == 130
+    first = {p.parent.name: p.stat().st_mtime_ns for p in graded}
+    result = batch("batch", str(submissions), "-o", str(results))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"resuming: {len(first)} of 3 submissions already graded" in result.stderr
+    assert {name: (results / name / "report.json").stat().st_mtime_ns for name in first} == first
+    book = read_gradebook(results / "gradebook.csv")
+    assert set(book) == {"a1", "a2", "a3"} and all(row["status"] == "passed" for row in book.values())
+
+
+# --- the learner's self-check ------------------------------------------------------------------------
+
+
+def test_self_check_agrees_with_the_grader_on_visible_checks(tmp_path):
+    checks = write(tmp_path, "[checks.adapter_gradients]\nvisibility = 'hidden'\n")
+    path = variant(tmp_path, OTHER_SEED)
+    report = grade_notebook(path, config=load_config(checks))
+
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            f"import grader, json\nresults = grader.check(checks={str(checks)!r})\n"
+            "rows = [[r['name'], r['passed'], r['measured'], r['cause']] for r in results]\n"
+            "print('SELF-CHECK ' + json.dumps(rows))"
+        )
+    )
+    client = NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()
+    text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("name") == "stdout")
+    assert "visible checks only" in text
+    own = json.loads(text.split("SELF-CHECK ", 1)[1].splitlines()[0])
+    graded = [[c.name, c.passed, c.measured, c.cause] for c in report.checks if c.visibility == "visible"]
+    assert own == graded and [name for name, *_ in own] == ["parameter_count", "pixel_difference"]
+    assert own[1][1] is False and "seed 0 vs 1" in own[1][3]
+
+
+# --- CI on a GPU runner ----------------------------------------------------------------------------
+
+
+def test_gpu_workflow_grades_the_solution_with_the_model_variable():
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "gpu-lab.yml").read_text())
+    job = workflow["jobs"]["grade-solution"]
+    assert "gpu" in job["runs-on"] and job["env"]["SD_LORA_LAB_MODEL"] == "${{ vars.SD15_PATH }}"
+    commands = "\n".join(step.get("run", "") for step in job["steps"])
+    assert "pip install -e ." in commands
+    assert 'python -m grader notebooks/sd_lora_lab_solution.ipynb --model "$SD_LORA_LAB_MODEL"' in commands
+    assert any(step.get("uses", "").startswith("actions/upload-artifact") for step in job["steps"])
