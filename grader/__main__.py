@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM during a batch
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _grade(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from lab_utils.errors import LabError
 from lab_utils.models import MODEL_ENV
 
 KERNEL_NAME = "sd-lora-lab-grader"
+SKIP_TAG = "self-check"  # cells the learner runs for themselves; the grader does not
 SAVE_TIMEOUT = 300.0  # seconds for the artefact cell (saving an SD 1.5 adapter takes < 1 s)
 
 
@@ -144,7 +145,7 @@ def execute_notebook(
             ):
                 kernel_alive = True
                 for index, cell in enumerate(list(nb.cells)):
-                    if cell.cell_type != "code":
+                    if cell.cell_type != "code" or SKIP_TAG in cell.metadata.get("tags", []):
                         continue
                     step = steps[index]
                     if step != current_step and current_step is not None:

@@ -242,7 +242,7 @@ def test_batch_of_mixed_submissions_with_two_workers_and_resume(tmp_path):
 def test_an_interrupted_batch_resumes_without_regrading(tmp_path):
     submissions, results = tmp_path / "submissions", tmp_path / "results"
     submissions.mkdir()
-    for name in ("a1", "a2", "a3"):
+    for name in ("a1", "a2"):
         (submissions / f"{name}.ipynb").write_bytes(SOLUTION.read_bytes())
     process = subprocess.Popen(
         [sys.executable, "-m", "grader", "batch", str(submissions), "-o", str(results)],
@@ -265,10 +265,10 @@ def test_an_interrupted_batch_resumes_without_regrading(tmp_path):
     first = {p.parent.name: p.stat().st_mtime_ns for p in graded}
     result = batch("batch", str(submissions), "-o", str(results))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"resuming: {len(first)} of 3 submissions already graded" in result.stderr
+    assert "resuming: 1 of 2 submissions already graded" in result.stderr
     assert {name: (results / name / "report.json").stat().st_mtime_ns for name in first} == first
     book = read_gradebook(results / "gradebook.csv")
-    assert set(book) == {"a1", "a2", "a3"} and all(row["status"] == "passed" for row in book.values())
+    assert set(book) == {"a1", "a2"} and all(row["status"] == "passed" for row in book.values())
 
 
 # --- the learner's self-check ------------------------------------------------------------------------
