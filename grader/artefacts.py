@@ -1,20 +1,22 @@
 """The artefact contract between a learner's kernel and the grader.
 
-The grader appends one cell that calls :func:`save_artefacts` in the learner's kernel. It writes
-only data — PNG images, JSON, and the PEFT adapter (safetensors + config) — into a folder the grader
-chose; the grader then recomputes every check from those files in its own process. Nothing read
-here is trusted: a saved number is a claim, a saved image is compared with its regeneration.
+After each step the grader runs one cell that calls :func:`save_artefacts` in the learner's kernel.
+It writes only data — PNG images with their generation records, JSON, and the PEFT adapter
+(safetensors + config) — into a folder the grader chose; the grader then recomputes every check from
+those files in its own process. Nothing read here is trusted: a saved image is compared with its
+regeneration, a saved adapter is differentiated by the grader itself.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
+
+from grader.files import write_json
 
 MANIFEST = "manifest.json"
 IMAGE_NAMES = ("baseline_image", "adapted_image")
@@ -37,7 +39,7 @@ def save_artefacts(directory: str | os.PathLike[str], namespace: dict) -> None:
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    manifest: dict = {"images": {}, "adapter": None, "claims": {}, "errors": []}
+    manifest: dict = {"images": {}, "adapter": None, "errors": []}
 
     def attempt(what: str, action) -> None:
         try:
@@ -70,22 +72,7 @@ def save_artefacts(directory: str | os.PathLike[str], namespace: dict) -> None:
 
         attempt("adapter", save_adapter)
 
-    for name in ("loss_history", "PROMPT", "SEED"):
-        value = namespace.get(name)
-        attempt(
-            name,
-            lambda name=name, value=value: manifest["claims"].__setitem__(
-                name, json.loads(json.dumps(value))
-            ),
-        )
-    _write_json(out / MANIFEST, manifest)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1, default=str)
-    os.replace(tmp, path)
+    write_json(out / MANIFEST, manifest)
 
 
 @dataclass
@@ -96,7 +83,6 @@ class Artefacts:
     images: dict[str, Image.Image] = field(default_factory=dict)
     records: dict[str, dict | None] = field(default_factory=dict)
     adapter_dir: Path | None = None
-    claims: dict = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
 
@@ -118,6 +104,5 @@ def read_artefacts(directory: Path) -> Artefacts:
                 found.errors.append(f"{name}: unreadable PNG ({error})")
     if manifest.get("adapter") and (directory / "adapter" / "adapter_config.json").is_file():
         found.adapter_dir = directory / "adapter"
-    found.claims = manifest.get("claims") or {}
     found.errors += [str(e) for e in manifest.get("errors") or []]
     return found

@@ -45,7 +45,6 @@ class Execution:
     steps_total: int
     steps_completed: int
     failure: StepFailure | None = None
-    artefacts_saved: bool = False
     seconds: float = 0.0
     cells_run: int = 0
     notes: list[str] = field(default_factory=list)
@@ -101,8 +100,10 @@ def execute_notebook(
     total_timeout: float,
     startup_timeout: float = 60.0,
 ) -> Execution:
-    """Run every code cell in order in a fresh kernel, stopping at the first error, then save the
-    artefacts (if the kernel is still alive). Never raises for anything the notebook does."""
+    """Run every code cell in order in a fresh kernel, stopping at the first error. Artefacts are
+    snapshotted into ``artefact_dir/after-step-N`` as each step finishes and into
+    ``artefact_dir/final`` at the end (if the kernel is still alive). Cells tagged ``self-check``
+    are skipped. Never raises for anything the notebook does."""
     nb = copy.deepcopy(nb)  # outputs and the grader's cell are written into this copy
     steps = cell_steps(nb)
     execution = Execution(steps_total=max((s for s in steps if s is not None), default=0), steps_completed=0)
@@ -178,7 +179,7 @@ def execute_notebook(
                 if execution.failure is None and current_step is not None:
                     completed_through = current_step
                 if kernel_alive:
-                    execution.artefacts_saved = _save(client, artefact_dir / "final", execution)
+                    _save(client, artefact_dir / "final", execution)
         except DeadKernelError:
             execution.failure = execution.failure or StepFailure(current_step, "the kernel died")
         except RuntimeError as error:  # kernel failed to start
@@ -211,7 +212,7 @@ def cell_steps(nb: nbformat.NotebookNode) -> list[int | None]:
     return steps
 
 
-def _save(client: NotebookClient, artefact_dir: Path, execution: Execution) -> bool:
+def _save(client: NotebookClient, artefact_dir: Path, execution: Execution) -> None:
     """Append the grader's artefact cell (nbclient stores outputs into ``nb.cells``) and run it."""
     cell = nbformat.v4.new_code_cell(save_cell_source(artefact_dir))
     client.nb.cells.append(cell)
@@ -220,10 +221,8 @@ def _save(client: NotebookClient, artefact_dir: Path, execution: Execution) -> b
     client.timeout_func = lambda _cell: int(SAVE_TIMEOUT)
     try:
         client.execute_cell(cell, index, store_history=False)
-        return True
     except (CellExecutionError, CellTimeoutError, DeadKernelError) as error:
         execution.notes.append(f"saving the artefacts failed: {_error_line(error)}")
-        return False
     finally:
         client.timeout_func = saved_timeout_func
 
