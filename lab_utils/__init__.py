@@ -9,6 +9,7 @@ silence_known_warnings()  # before diffusers is imported below
 from lab_utils.components import describe
 from lab_utils.data import TRAIN_PROMPT, training_example
 from lab_utils.display import difference_heatmap, plot_loss, show_side_by_side
+from lab_utils.environment import check_environment
 from lab_utils.errors import LabError
 from lab_utils.generate import GenerationRecord, generate, generation_record, native_size
 from lab_utils.lora import (
@@ -20,6 +21,7 @@ from lab_utils.lora import (
     lora_config,
     lora_parameter_count,
     lora_parameters,
+    remove_lora,
     save_adapter,
     target_module_names,
 )
@@ -45,6 +47,7 @@ __all__ = [
     "TrainResult",
     "adapter_grad_norms",
     "attach_lora",
+    "check_environment",
     "default_device",
     "default_dtype",
     "describe",
@@ -63,6 +66,7 @@ __all__ = [
     "model_from_env",
     "native_size",
     "plot_loss",
+    "remove_lora",
     "resolve_model",
     "save_adapter",
     "show_side_by_side",

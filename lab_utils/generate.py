@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
 from PIL import Image
 
+from lab_utils.errors import LabError
+
 RECORD_KEY = "sd_lora_lab"
+
+
+
+@contextmanager
+def out_of_memory_hint(what: str, setting: str) -> Iterator[None]:
+    """Turn a CUDA out-of-memory error into one line naming the setting to lower."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise LabError(
+            f"out of GPU memory during {what}: lower {setting}, or restart the kernel to free memory "
+            "held by earlier cells (another notebook on the same GPU holds memory too)"
+        ) from None
+
+
 """Key under which ``generate`` stores its :class:`GenerationRecord` in ``image.info``."""
 
 
@@ -52,7 +73,7 @@ def generate(
     kwargs = {}
     if lora_scale is not None:
         kwargs["cross_attention_kwargs"] = {"scale": float(lora_scale)}
-    with torch.inference_mode():
+    with torch.inference_mode(), out_of_memory_hint("generation", "size= (e.g. 384) or steps="):
         image = pipe(
             prompt,
             num_inference_steps=record.steps,

@@ -141,3 +141,20 @@ def load_adapter(pipe, directory: str | os.PathLike[str], is_trainable: bool = F
     peft_unet = PeftModel.from_pretrained(pipe.unet, directory, is_trainable=is_trainable)
     # PEFT keeps adapter weights in fp32 under a half-precision base; match the device only.
     return peft_unet.to(pipe.device)
+
+
+def remove_lora(unet: torch.nn.Module) -> torch.nn.Module:
+    """Remove every LoRA layer from ``unet`` in place and return the plain U-Net.
+
+    Takes the pipeline's U-Net (``pipe.unet``) or a PEFT-wrapped one. Calling it before attaching
+    makes a notebook cell safe to re-run: adapters are replaced, never stacked.
+    """
+    from diffusers.utils.peft_utils import recurse_remove_peft_layers
+
+    if isinstance(unet, PeftModel):
+        unet = unet.unload()
+    if has_lora(unet):
+        recurse_remove_peft_layers(unet)
+    if hasattr(unet, "peft_config"):  # PEFT's marker that the model was wrapped before
+        del unet.peft_config
+    return unet

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from PIL import Image
 
+from lab_utils.generate import out_of_memory_hint
 from lab_utils.lora import adapter_grad_norms, lora_parameters
 
 
@@ -69,6 +70,13 @@ def train_lora(
     generator = torch.Generator("cpu").manual_seed(seed)
     result = TrainResult()
     unet.train()
+    with out_of_memory_hint("training", "the image size (training_example(size=...))"):
+        _train_steps(unet, scheduler, latents, text_embeddings, optimizer, generator, steps, result)
+    unet.eval()
+    return result
+
+
+def _train_steps(unet, scheduler, latents, text_embeddings, optimizer, generator, steps, result) -> None:
     for _ in range(steps):
         # forward: noise the clean latents at a random timestep
         noise = torch.randn(latents.shape, generator=generator).to(latents)
@@ -87,5 +95,3 @@ def train_lora(
         result.grad_norm_history.append(adapter_grad_norms(unet))
         optimizer.step()
         result.loss_history.append(loss.item())
-    unet.eval()
-    return result

@@ -48,14 +48,15 @@ def test_environment_yml_mirrors_pyproject():
     assert env["channels"] == ["conda-forge"]
     conda = [d for d in env["dependencies"] if isinstance(d, str)]
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    conda_names = {"torch" if _name(d) == "pytorch" else _name(d) for d in conda} - {"python", "pip"}
+    assert "pytorch-gpu" in {_name(d) for d in conda}  # a CUDA build of torch on the pod
+    conda_names = {"torch" if _name(d) == "pytorch-gpu" else _name(d) for d in conda} - {"python", "pip"}
     assert {_name(d) for d in project["dependencies"]} <= conda_names
     assert conda_names - {_name(d) for d in project["dependencies"]} == {"jupyterlab"}
     assert pip == ["-e ."]
     # the same version ranges in both
     ranges = {_name(d): d.split(_name(d), 1)[1] for d in project["dependencies"]}
     for dep in conda:
-        name = "torch" if _name(dep) == "pytorch" else _name(dep)
+        name = "torch" if _name(dep) == "pytorch-gpu" else _name(dep)
         if name in ranges:
             assert dep.lower().endswith(ranges[name]), (dep, ranges[name])
 

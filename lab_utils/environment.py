@@ -1,0 +1,55 @@
+"""Is this environment able to run the lab? One short line when it is not."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+import torch
+
+from lab_utils.errors import LabError
+from lab_utils.models import default_device, resolve_model
+
+MINIMUM_VERSIONS = {"torch": "2.4", "diffusers": "0.35", "transformers": "4.45", "peft": "0.17"}
+"""The oldest releases the lab is tested against (pyproject.toml declares the same)."""
+
+
+def _as_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("+")[0].split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def check_environment(model: str = "tiny", minimums: dict[str, str] | None = None) -> str:
+    """Check package versions, the model and the device; return a one-line summary.
+
+    Raises:
+        LabError: a package is missing or too old (with the pip command that fixes it), or the
+            model cannot be found (a folder that is not mounted, a hub id offline).
+    """
+    minimums = MINIMUM_VERSIONS if minimums is None else minimums
+    found = {}
+    for package, minimum in minimums.items():
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            raise LabError(f"{package} is not installed: pip install '{package}>={minimum}'") from None
+        if _as_tuple(found[package]) < _as_tuple(minimum):
+            raise LabError(
+                f"{package} {found[package]} is too old for this lab (needs ≥ {minimum}): "
+                f"pip install -U '{package}>={minimum}', then restart the kernel"
+            )
+    spec = resolve_model(model)
+    device = default_device()
+    summary = " · ".join(f"{p} {v}" for p, v in found.items())
+    where = torch.cuda.get_device_name(0) if device.type == "cuda" else device.type
+    line = f"{summary} · device: {where} · model: {model}"
+    if spec.kind != "tiny" and device.type == "cpu":
+        line += (
+            " — no GPU found: SD 1.5 on a CPU takes minutes per image. On a GPU pod, check that "
+            "`nvidia-smi` lists the card and that torch is a CUDA build (torch.version.cuda is None here)"
+        )
+    return line
