@@ -14,7 +14,6 @@ from lab_utils.errors import LabError
 RECORD_KEY = "sd_lora_lab"
 
 
-
 @contextmanager
 def out_of_memory_hint(what: str, setting: str) -> Iterator[None]:
     """Turn a CUDA out-of-memory error into one line naming the setting to lower."""
