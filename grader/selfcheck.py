@@ -8,15 +8,23 @@ messages as grading. Hidden checks are not run: it says "visible checks only".
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from grader.artefacts import save_artefacts
+from grader.config import GradingConfig, load_config
 from lab_utils.models import model_from_env
 
 CHECKS_ENV = "SD_LORA_LAB_CHECKS"
+
+
+def course_config() -> GradingConfig:
+    """What this course's grader requires: ``$SD_LORA_LAB_CHECKS`` if set, else the seed lab's."""
+    path = os.environ.get(CHECKS_ENV)
+    return load_config(path) if path else GradingConfig()
 
 
 def _caller_namespace() -> dict:
@@ -40,8 +48,6 @@ def check(namespace: dict | None = None, checks: str | None = None, model: str |
         checks: a checks file (default: ``$SD_LORA_LAB_CHECKS``, else the seed lab's defaults).
         model: the base model (default: ``$SD_LORA_LAB_MODEL``, else ``tiny``).
     """
-    import os
-
     namespace = namespace if namespace is not None else _caller_namespace()
     checks = checks or os.environ.get(CHECKS_ENV) or None
     with tempfile.TemporaryDirectory(prefix="sd-lora-lab-check-") as tmp:
