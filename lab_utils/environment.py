@@ -23,8 +23,33 @@ def _as_tuple(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+OUT_OF_MEMORY_HINT = (
+    "out of GPU memory in this cell: lower the image size, the batch or the number of steps, or "
+    "restart the kernel to free memory held by earlier cells (other notebooks on the GPU hold memory too)"
+)
+
+
+def show_out_of_memory(shell, etype, value, tb, tb_offset=None) -> None:
+    """IPython custom-exception handler: one line for a CUDA out-of-memory error, wherever it happens."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    print(f"OutOfMemoryError: {OUT_OF_MEMORY_HINT}")
+
+
+def _register_notebook_hints() -> None:
+    """In a notebook, show an out-of-memory error in any cell (the training loop included) as one line."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.set_custom_exc((torch.OutOfMemoryError,), show_out_of_memory)
+
+
 def check_environment(model: str = "tiny", minimums: dict[str, str] | None = None) -> str:
-    """Check package versions, the model and the device; return a one-line summary.
+    """Check package versions, the model and the device; return a one-line summary. In a notebook
+    it also registers a one-line message for CUDA out-of-memory errors.
 
     Raises:
         LabError: a package is missing or too old (with the pip command that fixes it), or the
@@ -43,6 +68,7 @@ def check_environment(model: str = "tiny", minimums: dict[str, str] | None = Non
                 f"pip install -U '{package}>={minimum}', then restart the kernel"
             )
     spec = resolve_model(model)
+    _register_notebook_hints()
     device = default_device()
     summary = " · ".join(f"{p} {v}" for p, v in found.items())
     where = torch.cuda.get_device_name(0) if device.type == "cuda" else device.type

@@ -67,3 +67,26 @@ def test_out_of_gpu_memory_names_the_setting_to_lower():
         with out_of_memory_hint("generation", "size="):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     assert str(info.value).startswith("out of GPU memory during generation: lower size=")
+
+
+def test_out_of_memory_anywhere_in_a_notebook_is_one_line(capsys):
+    from lab_utils.environment import show_out_of_memory
+
+    show_out_of_memory(None, torch.OutOfMemoryError, torch.OutOfMemoryError("CUDA out of memory"), None)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(
+        "OutOfMemoryError: out of GPU memory in this cell: lower the image size"
+    )
+
+
+def test_check_environment_registers_the_out_of_memory_handler_in_ipython():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        lab_utils.check_environment("tiny")
+        assert shell.custom_exceptions == (torch.OutOfMemoryError,)
+        result = shell.run_cell("import torch\nraise torch.OutOfMemoryError('CUDA out of memory')")
+        assert isinstance(result.error_in_exec, torch.OutOfMemoryError)
+    finally:
+        InteractiveShell.clear_instance()
