@@ -310,3 +310,41 @@ def test_gpu_workflow_grades_the_solution_with_the_model_variable():
     assert "pip install -e ." in commands
     assert 'python -m grader notebooks/sd_lora_lab_solution.ipynb --model "$SD_LORA_LAB_MODEL"' in commands
     assert any(step.get("uses", "").startswith("actions/upload-artifact") for step in job["steps"])
+
+
+def test_batch_spreads_workers_over_gpus_and_splits_cpu_cores(tmp_path, monkeypatch):
+    """Which environment each grader process gets (the processes themselves are stubbed out)."""
+    from grader import batch as batch_module
+
+    seen: list[dict] = []
+
+    class Finished:
+        pid = 0
+
+        def wait(self, timeout=None):
+            time.sleep(0.2)  # overlap, so both worker slots are in use
+            return 0
+
+    def start(self, command, **kwargs):
+        seen.append(kwargs["env"])
+        return Finished()
+
+    monkeypatch.setattr(batch_module._Children, "start", start)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    submissions = tmp_path / "subs"
+    submissions.mkdir()
+    for i in range(4):
+        (submissions / f"s{i}.ipynb").write_text("{}")
+    config = GradingConfig()
+    batch_module.run_batch(submissions, tmp_path / "gpu", "tiny", config, workers=2, gpus=["0", "1"])
+    assert len(seen) == 4 and {env["CUDA_VISIBLE_DEVICES"] for env in seen} == {"0", "1"}
+    assert all("OMP_NUM_THREADS" not in env for env in seen)
+    seen.clear()
+    batch_module.run_batch(submissions, tmp_path / "cpu", "tiny", config, workers=2)
+    threads = str(max(1, (os.cpu_count() or 1) // 2))
+    assert len(seen) == 4 and all(env["OMP_NUM_THREADS"] == threads for env in seen)
+    assert all(
+        "CUDA_VISIBLE_DEVICES" not in env
+        or env["CUDA_VISIBLE_DEVICES"] == os.environ.get("CUDA_VISIBLE_DEVICES")
+        for env in seen
+    )
