@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
 from PIL import Image
 
-from lab_utils.errors import LabError
+from lab_utils.errors import out_of_memory_hint
 
 RECORD_KEY = "sd_lora_lab"
-
-
-@contextmanager
-def out_of_memory_hint(what: str, setting: str) -> Iterator[None]:
-    """Turn a CUDA out-of-memory error into one line naming the setting to lower."""
-    try:
-        yield
-    except torch.OutOfMemoryError:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        raise LabError(
-            f"out of GPU memory during {what}: lower {setting}, or restart the kernel to free memory "
-            "held by earlier cells (another notebook on the same GPU holds memory too)"
-        ) from None
-
-
 """Key under which ``generate`` stores its :class:`GenerationRecord` in ``image.info``."""
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from lab_utils.generate import out_of_memory_hint
+from lab_utils.errors import out_of_memory_hint
 from lab_utils.lora import adapter_grad_norms, lora_parameters
 
 
