@@ -34,7 +34,7 @@ from rich.progress import (
 
 from grader.config import DEFAULT_CHECKS, GradingConfig
 from grader.files import write_json, write_text
-from grader.grade import submission_key
+from grader.grade import GradeReport, submission_key
 from lab_utils.errors import LabError
 
 GRADE_MARGIN = 300.0  # s beyond the notebook's total timeout for loading models and verifying
@@ -162,22 +162,20 @@ def _failed_report(
     start: float,
 ) -> None:
     """A report for a submission the grader could not finish (its partial results.json is kept)."""
-    write_json(
-        out / "report.json",
-        {
-            "submission": submission.id,
-            "notebook": str(submission.path),
-            "model": model,
-            "key": submission_key(submission.path.read_bytes(), config, model),
-            "status": status,
-            "checks": [],
-            "score": 0.0,
-            "max_score": config.max_score,
-            "passed": False,
-            "execution": {"failure": reason},
-            "seconds": round(time.monotonic() - start, 2),
-        },
+    report = GradeReport(
+        submission=submission.id,
+        notebook=str(submission.path),
+        model=model,
+        key=submission_key(submission.path.read_bytes(), config, model),
+        status=status,
+        checks=[],
+        score=0.0,
+        max_score=config.max_score,
+        passed=False,
+        execution={"failure": reason},
+        seconds=round(time.monotonic() - start, 2),
     )
+    write_json(out / "report.json", report.to_dict())
 
 
 def _interrupted(signum, frame) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nbformat
 
-from grader.run import cell_step, read_notebook
+from grader.run import cell_steps, read_notebook
 from lab_utils.errors import LabError
 
 _MARKER = re.compile(r"^(\s*)###\s*(BEGIN|END)\s+(SOLUTION|HIDDEN TESTS)\s*$")
@@ -63,10 +63,10 @@ def make_versions(
 ) -> tuple[nbformat.NotebookNode, nbformat.NotebookNode]:
     """(student, solution): outputs cleared in both; graded cells marked ``lab.solution = true``."""
     student, solution = copy.deepcopy(source_nb), copy.deepcopy(source_nb)
-    step = None
+    steps = cell_steps(source_nb)
     hidden_only: list[int] = []
     for index, (s_cell, a_cell) in enumerate(zip(student.cells, solution.cells, strict=True)):
-        step = cell_step(s_cell, step)
+        step = steps[index]
         pieces = _regions(s_cell.source, f"{name}, cell {index}")
         student_lines: list[str] = []
         solution_lines: list[str] = []
