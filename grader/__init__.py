@@ -1,7 +1,27 @@
-"""The SD LoRA Lab autograder: execute a notebook headlessly, then verify what it produced."""
+"""The SD LoRA Lab autograder: execute a notebook headlessly, then verify what it produced.
 
-from grader.config import GradingConfig, load_config
-from grader.grade import GradeReport, grade_notebook
-from grader.selfcheck import check, course_config
+Names are imported on first use, so the sandbox launcher and the kernel entry point
+(``python -m grader.sandbox``, ``python -m grader.kernel``) start without importing torch.
+"""
 
-__all__ = ["GradeReport", "GradingConfig", "check", "course_config", "grade_notebook", "load_config"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "GradingConfig": "grader.config",
+    "load_config": "grader.config",
+    "GradeReport": "grader.grade",
+    "grade_notebook": "grader.grade",
+    "check": "grader.selfcheck",
+    "course_config": "grader.selfcheck",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'grader' has no attribute {name!r}")

@@ -35,6 +35,12 @@ def _common(parser: argparse.ArgumentParser, grading: bool = True) -> None:
             "--timeout", type=float, default=None, help="total seconds per notebook (default 1800)"
         )
         parser.add_argument("--cell-timeout", type=float, default=None, help="seconds per cell (default 600)")
+        parser.add_argument(
+            "--sandbox",
+            choices=("auto", "bwrap", "basic", "none"),
+            default=None,
+            help="how the learner's kernel is isolated (default auto: bubblewrap when installed, else basic)",
+        )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
 
 
@@ -111,6 +117,8 @@ def _config(args: argparse.Namespace):
         config = replace(config, total_timeout=args.timeout)
     if args.cell_timeout is not None:
         config = replace(config, cell_timeout=args.cell_timeout)
+    if getattr(args, "sandbox", None) is not None:
+        config = replace(config, sandbox=args.sandbox)
     return config
 
 

@@ -115,7 +115,7 @@ def _grade_one(
     out.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "grader", str(submission.path), "--model", model, "--results", str(out)]
     command += ["--submission", submission.id, "--timeout", str(config.total_timeout)]
-    command += ["--cell-timeout", str(config.cell_timeout)]
+    command += ["--cell-timeout", str(config.cell_timeout), "--sandbox", config.sandbox]
     if checks is not None:
         command += ["--checks", str(checks)]
     env = dict(os.environ)

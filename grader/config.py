@@ -11,6 +11,14 @@ targets = "attn"            # a lab_utils.TARGET_PRESETS name or a list of modul
 cell = 600
 total = 1800
 
+[limits]                    # for the learner's kernel (see grader/sandbox.py)
+sandbox = "auto"            # auto | bwrap | basic | none
+memory_gb = 16              # CPU memory of all its processes
+processes = 512             # processes and threads
+file_size_mb = 4096         # largest file it may write
+output_mb = 20              # notebook output kept; the rest is dropped
+gpu_memory_fraction = 0.9   # of each visible GPU (omit for no cap)
+
 [checks.parameter_count]    # one table per check: points, visibility ("visible" | "hidden"), step
 points = 1
 [checks.adapter_gradients]
@@ -25,10 +33,13 @@ image_tolerance = 0.5       # how far a saved image may be from its regeneration
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from grader.sandbox import MODES as SANDBOX_MODES
+from grader.sandbox import Limits
 from lab_utils.errors import LabError
 from lab_utils.lora import TARGET_PRESETS
 
@@ -68,6 +79,12 @@ class GradingConfig:
     cell_timeout: float = 600.0  # seconds per cell
     total_timeout: float = 1800.0  # seconds for the whole notebook
     startup_timeout: float = 60.0  # seconds for the kernel to start
+    sandbox: str = "auto"  # grader.sandbox.MODES
+    memory_gb: float = 16.0
+    processes: int = 512
+    file_size_mb: float = 4096.0
+    output_mb: float = 20.0
+    gpu_memory_fraction: float | None = None
 
     def __post_init__(self) -> None:
         for option, value in (
@@ -77,15 +94,31 @@ class GradingConfig:
         ):
             if not value > 0:
                 raise LabError(f"{option} must be positive (got {value:g} s)")
+        if self.sandbox not in SANDBOX_MODES:
+            raise LabError(f"--sandbox must be one of {', '.join(SANDBOX_MODES)} (got {self.sandbox!r})")
+        if self.gpu_memory_fraction is not None and not 0 < self.gpu_memory_fraction <= 1:
+            raise LabError(f"gpu_memory_fraction must be in (0, 1] (got {self.gpu_memory_fraction:g})")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.memory_gb, self.processes, self.file_size_mb, self.gpu_memory_fraction)
 
     @property
     def max_score(self) -> float:
         return sum(spec.points for spec in self.checks.values())
 
 
-_TOP = {"lora", "timeouts", "checks"}
+_TOP = {"lora", "timeouts", "limits", "checks"}
 _LORA = {"rank": int, "alpha": int, "targets": (str, list)}
 _TIMEOUTS = {"cell": (int, float), "total": (int, float), "startup": (int, float)}
+_LIMITS = {
+    "sandbox": str,
+    "memory_gb": (int, float),
+    "processes": int,
+    "file_size_mb": (int, float),
+    "output_mb": (int, float),
+    "gpu_memory_fraction": (int, float),
+}
 _CHECK = {"points": (int, float), "visibility": str, "step": int}
 _CHECK_EXTRA = {"pixel_difference": {"min_mean_abs_diff": (int, float), "image_tolerance": (int, float)}}
 
@@ -102,6 +135,8 @@ def _keys(where: str, table: object, allowed: dict | set) -> dict:
             if isinstance(value, bool) or not isinstance(value, types):
                 names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
                 raise LabError(f"{where}.{key} must be {names} (got {value!r})")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise LabError(f"{where}.{key} must be a finite number (got {value!r})")
     return table
 
 
@@ -118,6 +153,7 @@ def load_config(path: str | Path) -> GradingConfig:
     _keys(where, data, _TOP)
     lora = _keys(f"{where}: [lora]", data.get("lora", {}), _LORA)
     timeouts = _keys(f"{where}: [timeouts]", data.get("timeouts", {}), _TIMEOUTS)
+    limits = _keys(f"{where}: [limits]", data.get("limits", {}), _LIMITS)
     config = GradingConfig()
     changes: dict = {}
     if "rank" in lora:
@@ -138,6 +174,16 @@ def load_config(path: str | Path) -> GradingConfig:
             if not timeouts[key] > 0:
                 raise LabError(f"{where}: [timeouts] {key} must be positive (got {timeouts[key]})")
             changes[attr] = float(timeouts[key])
+    for key, value in limits.items():
+        if key == "sandbox":
+            if value not in SANDBOX_MODES:
+                modes = ", ".join(SANDBOX_MODES)
+                raise LabError(f"{where}: [limits] sandbox must be one of {modes} (got {value!r})")
+        elif key == "gpu_memory_fraction" and not 0 < value <= 1:
+            raise LabError(f"{where}: [limits] gpu_memory_fraction must be in (0, 1] (got {value})")
+        elif not value > 0:
+            raise LabError(f"{where}: [limits] {key} must be positive (got {value})")
+        changes[key] = value if key in ("sandbox", "processes") else float(value)
     checks_table = data.get("checks", {})
     _keys(f"{where}: [checks]", checks_table, set(DEFAULT_CHECKS))
     checks = dict(DEFAULT_CHECKS)

@@ -108,7 +108,15 @@ def grade_notebook(
     with tempfile.TemporaryDirectory(prefix="sd-lora-lab-artefacts-") as tmp:
         artefact_dir = Path(tmp)
         execution = execute_notebook(
-            nb, model, artefact_dir, config.cell_timeout, config.total_timeout, config.startup_timeout
+            nb,
+            model,
+            artefact_dir,
+            config.cell_timeout,
+            config.total_timeout,
+            config.startup_timeout,
+            sandbox_mode=config.sandbox,
+            limits=config.limits,
+            output_mb=config.output_mb,
         )
         snapshot = latest_snapshot(artefact_dir)
         artefacts = read_artefacts(snapshot)
@@ -120,6 +128,8 @@ def grade_notebook(
             "seconds": round(execution.seconds, 2),
             "snapshot": snapshot.name,
             "artefact_errors": artefacts.errors,
+            "sandbox": execution.sandbox,
+            "isolation_gaps": execution.isolation,
         }
         report.notes = execution.notes
         save()

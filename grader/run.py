@@ -1,5 +1,5 @@
-"""Execute a notebook headlessly with nbclient: a fresh kernel, a private working directory,
-per-cell and total timeouts, and the grader's artefact cell at the end."""
+"""Execute a notebook headlessly with nbclient: a fresh kernel in a sandbox (grader/sandbox.py),
+per-cell and total timeouts, capped output, and the grader's artefact cell after each step."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import copy
 import json
 import os
 import re
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -20,8 +19,9 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 from grader.artefacts import save_cell_source
+from grader.sandbox import Limits, Sandbox, allow_writes, memory_exhausted, prepare
 from lab_utils.errors import LabError
-from lab_utils.models import MODEL_ENV
+from lab_utils.models import MODEL_ENV, resolve_model
 
 KERNEL_NAME = "sd-lora-lab-grader"
 SKIP_TAG = "self-check"  # cells the learner runs for themselves; the grader does not
@@ -48,6 +48,9 @@ class Execution:
     seconds: float = 0.0
     cells_run: int = 0
     notes: list[str] = field(default_factory=list)
+    sandbox: str = ""  # the sandbox mode used
+    isolation: list[str] = field(default_factory=list)  # protections this machine could not enforce
+    output_dropped: int = 0  # bytes of output beyond the cap
 
 
 def read_notebook(path: Path) -> nbformat.NotebookNode:
@@ -78,18 +81,82 @@ def cell_step(cell, current: int | None) -> int | None:
     return current
 
 
-def _kernel_manager(kernels_dir: Path) -> AsyncKernelManager:
-    """A kernel that runs this interpreter (the environment that has lab_utils), whatever kernels
-    the user has installed."""
+def _kernel_manager(kernels_dir: Path, sandbox: Sandbox) -> AsyncKernelManager:
+    """A kernel that runs this interpreter (the environment that has lab_utils) through the
+    sandbox's launcher, whatever kernels the user has installed. It talks to the grader over Unix
+    sockets in the run's folder, so it needs no network."""
     spec = kernels_dir / KERNEL_NAME
     spec.mkdir(parents=True)
-    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
     (spec / "kernel.json").write_text(
-        json.dumps({"argv": argv, "display_name": "SD LoRA Lab grader", "language": "python"})
+        json.dumps(
+            {"argv": sandbox.kernel_argv(), "display_name": "SD LoRA Lab grader", "language": "python"}
+        )
     )
     return AsyncKernelManager(
-        kernel_name=KERNEL_NAME, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernels_dir)])
+        kernel_name=KERNEL_NAME,
+        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernels_dir)]),
+        transport="ipc",
+        connection_file=str(sandbox.run_dir / "conn" / "kernel.json"),
     )
+
+
+class _CappedClient(NotebookClient):
+    """nbclient with a cap on the output it keeps: 50 MB of prints cannot exhaust the grader."""
+
+    def __init__(self, *args, output_limit: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.output_limit = output_limit
+        self.output_bytes = 0
+        self.output_dropped = 0
+
+    def output(self, outs, msg, display_id, cell_index):
+        if msg.get("msg_type") in ("stream", "display_data", "execute_result", "update_display_data"):
+            size = len(json.dumps(msg.get("content", {}), default=str))
+            if self.output_bytes + size > self.output_limit:
+                if not self.output_dropped:
+                    outs.append(
+                        nbformat.v4.new_output(
+                            "stream",
+                            name="stderr",
+                            text="[the grader dropped further output: over "
+                            f"{self.output_limit / 2**20:g} MB]\n",
+                        )
+                    )
+                self.output_dropped += size
+                return None
+            self.output_bytes += size
+        return super().output(outs, msg, display_id, cell_index)
+
+
+def kernel_environment(model: str) -> dict[str, str]:
+    """What the kernel must know besides the allow-listed environment: the model, and where the
+    model files already are (the kernel has no network and its own HOME)."""
+    from huggingface_hub import constants
+
+    from lab_utils.tiny import _cache_root
+
+    return {
+        MODEL_ENV: model,
+        "MPLBACKEND": os.environ.get("MPLBACKEND", "module://matplotlib_inline.backend_inline"),
+        "SD_LORA_LAB_CACHE": str(_cache_root()),
+        "HF_HOME": str(constants.HF_HOME),
+        "HF_HUB_CACHE": str(constants.HF_HUB_CACHE),
+    }
+
+
+def make_model_available(model: str) -> None:
+    """Before the kernel starts (it has no network): build ``tiny``'s cache, download a named hub
+    model once. Raises LabError for a model that cannot be used."""
+    spec = resolve_model(model)
+    if spec.kind == "tiny":
+        from lab_utils.tiny import tiny_model_dir
+
+        tiny_model_dir()
+    elif spec.kind == "hub":
+        from huggingface_hub import constants, snapshot_download
+
+        if not constants.HF_HUB_OFFLINE:
+            snapshot_download(spec.source)
 
 
 def execute_notebook(
@@ -99,6 +166,9 @@ def execute_notebook(
     cell_timeout: float,
     total_timeout: float,
     startup_timeout: float = 60.0,
+    sandbox_mode: str = "auto",
+    limits: Limits | None = None,
+    output_mb: float = 20.0,
 ) -> Execution:
     """Run every code cell in order in a fresh kernel, stopping at the first error. Artefacts are
     snapshotted into ``artefact_dir/after-step-N`` as each step finishes and into
@@ -117,22 +187,24 @@ def execute_notebook(
             hit_total["value"] = True
         return max(1, int(min(cell_timeout, remaining)))
 
-    env = dict(os.environ)
-    env[MODEL_ENV] = model
-    env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    make_model_available(model)
     with tempfile.TemporaryDirectory(prefix="sd-lora-lab-run-") as tmp:
-        workdir = Path(tmp) / "work"
-        workdir.mkdir()
-        client = NotebookClient(
+        sandbox = prepare(Path(tmp) / "run", sandbox_mode, limits)
+        artefact_dir.mkdir(parents=True, exist_ok=True)
+        allow_writes(sandbox, artefact_dir)
+        execution.sandbox = sandbox.mode
+        env = sandbox.environment(kernel_environment(model))
+        client = _CappedClient(
             nb,
-            km=_kernel_manager(Path(tmp) / "kernels"),
+            output_limit=int(output_mb * 2**20),
+            km=_kernel_manager(Path(tmp) / "kernels", sandbox),
             timeout=int(cell_timeout),
             timeout_func=timeout_for,
             startup_timeout=int(startup_timeout),
             allow_errors=False,
             interrupt_on_timeout=False,  # a loop that swallows KeyboardInterrupt would hang nbclient
             shutdown_kernel="immediate",
-            resources={"metadata": {"path": str(workdir)}},
+            resources={"metadata": {"path": str(sandbox.workdir)}},
         )
         current_step: int | None = None  # the step of the last code cell that ran
         completed_through = 0
@@ -144,6 +216,7 @@ def execute_notebook(
                 open(Path(tmp) / "kernel.log", "wb") as log,
                 client.setup_kernel(env=env, stdout=log, stderr=log, cleanup_kc=True),
             ):
+                execution.isolation = sandbox.isolation_notes()  # written before any learner code
                 kernel_alive = True
                 for index, cell in enumerate(list(nb.cells)):
                     if cell.cell_type != "code" or SKIP_TAG in cell.metadata.get("tags", []):
@@ -168,9 +241,7 @@ def execute_notebook(
                         kernel_alive = False  # nbclient does not interrupt: the kernel is stuck
                         break
                     except DeadKernelError:
-                        execution.failure = StepFailure(
-                            step, "the kernel died (os._exit, a crash or out of memory)"
-                        )
+                        execution.failure = StepFailure(step, _death_reason(sandbox))
                         kernel_alive = False
                         break
                     except CellExecutionError as error:
@@ -181,9 +252,16 @@ def execute_notebook(
                 if kernel_alive:
                     _save(client, artefact_dir / "final", execution)
         except DeadKernelError:
-            execution.failure = execution.failure or StepFailure(current_step, "the kernel died")
+            execution.failure = execution.failure or StepFailure(current_step, _death_reason(sandbox))
         except RuntimeError as error:  # kernel failed to start
             execution.failure = StepFailure(None, f"the kernel did not start: {error}")
+        finally:
+            sandbox.kill_all()  # every process the kernel started, whatever it did to escape
+        execution.output_dropped = client.output_dropped
+        if client.output_dropped:
+            execution.notes.append(
+                f"output over {output_mb:g} MB was dropped ({client.output_dropped / 2**20:.1f} MB)"
+            )
     execution.steps_completed = completed_through
     execution.seconds = time.monotonic() - start
     return execution
@@ -227,10 +305,24 @@ def _save(client: NotebookClient, artefact_dir: Path, execution: Execution) -> N
         client.timeout_func = saved_timeout_func
 
 
+def _death_reason(sandbox: Sandbox) -> str:
+    if memory_exhausted(sandbox):
+        return f"out of memory: the kernel went past its {sandbox.limits.memory_gb:g} GB limit and was killed"
+    return "the kernel died (os._exit, a crash or out of memory)"
+
+
 def _error_line(error: Exception) -> str:
     """The learner-facing line of a cell error: 'NotImplementedError: Step 2: ...'."""
     ename = getattr(error, "ename", None)
     evalue = getattr(error, "evalue", None)
+    if (
+        ename
+        and ("OutOfMemoryError" in ename or "out of memory" in str(evalue).lower())
+        and ("cuda" in str(evalue).lower() or "gpu" in str(evalue).lower())
+    ):
+        return f"out of GPU memory ({ename}: {str(evalue).splitlines()[0] if evalue else ''})"
+    if ename == "MemoryError":
+        return "out of memory (MemoryError): the kernel reached its memory limit"
     if ename:
         return f"{ename}: {evalue}".strip().rstrip(":")
     text = str(error).strip().splitlines()

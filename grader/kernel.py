@@ -1,0 +1,24 @@
+"""The grader's kernel: ipykernel, after capping GPU memory when the grader asked for it."""
+
+from __future__ import annotations
+
+import os
+
+from grader.sandbox import GPU_FRACTION_ENV
+
+
+def main() -> None:
+    fraction = os.environ.pop(GPU_FRACTION_ENV, None)
+    if fraction:
+        import torch
+
+        if torch.cuda.is_available():
+            for device in range(torch.cuda.device_count()):
+                torch.cuda.set_per_process_memory_fraction(float(fraction), device)
+    from ipykernel import kernelapp
+
+    kernelapp.launch_new_instance()
+
+
+if __name__ == "__main__":
+    main()

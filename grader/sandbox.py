@@ -1,0 +1,473 @@
+"""The learner's kernel in a sandbox, without Docker: limits, a private folder, no network, no survivors.
+
+The grader starts every kernel through this module's launcher (``python -m grader.sandbox SPEC --
+ARGV``), which — before any learner code exists — joins the run's control groups, sets resource
+limits and cuts the network, then becomes the kernel (``exec``):
+
+========== ====================================================================================
+mode       what the kernel gets
+========== ====================================================================================
+bwrap      bubblewrap (``apt install bubblewrap``): a read-only view of the whole filesystem except
+           the run's private folder, a fresh /tmp, its own PID, IPC and network namespaces (no
+           network at all), every capability dropped — it cannot see, signal or alter the grader.
+basic      a scrubbed environment, a private working and temporary folder, resource limits, and a
+           new network namespace where the OS allows it (root or user namespaces); the filesystem
+           is NOT protected — the notes say so.
+none       resource limits and the scrubbed environment only.
+auto       bwrap when it works on this machine, else basic (the default).
+========== ====================================================================================
+
+Limits, in every mode: memory and process count through a control group of the run's own when the
+cgroup filesystem is writable (root on most pods), else ``RLIMIT_DATA`` / ``RLIMIT_NPROC`` (which
+Linux does not enforce for root); file size through ``RLIMIT_FSIZE``; no core dumps; GPU memory
+through ``torch.cuda.set_per_process_memory_fraction``. The kernel talks to the grader over Unix
+sockets (ZMQ ``ipc``), so it needs no network. At the end the grader kills every process in the
+run's control groups, its process group and any orphan re-parented to it: nothing survives.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+MODES = ("auto", "bwrap", "basic", "none")
+STATUS_FILE = "sandbox.json"
+GPU_FRACTION_ENV = "SD_LORA_LAB_GPU_MEMORY_FRACTION"
+CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
+PR_SET_CHILD_SUBREAPER = 36
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+# What the kernel's environment keeps from the grader's; everything else (tokens, keys, the
+# grader's own settings) is dropped.
+KEEP_ENV = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "CUDA_VISIBLE_DEVICES",
+    "SD_LORA_LAB_MODEL",
+    "PYTHONPATH",
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_gb: float = 16.0  # CPU memory for all of the kernel's processes
+    processes: int = 512  # threads count too: torch starts one per core and CUDA a few more
+    file_size_mb: float = 4096.0  # the largest file the kernel may write
+    gpu_memory_fraction: float | None = None  # of each visible GPU; None = no cap
+
+
+@dataclass
+class Sandbox:
+    """One run's sandbox: its folders, its control groups, and what it could enforce here."""
+
+    run_dir: Path
+    mode: str
+    limits: Limits = field(default_factory=Limits)
+    cgroups: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    _before: set[int] = field(default_factory=set)
+
+    @property
+    def workdir(self) -> Path:
+        return self.run_dir / "work"
+
+    def kernel_argv(self) -> list[str]:
+        """The kernelspec's argv: the launcher, then the kernel itself."""
+        spec = self.run_dir / "sandbox-spec.json"
+        return [
+            sys.executable,
+            "-m",
+            "grader.sandbox",
+            str(spec),
+            "--",
+            sys.executable,
+            "-m",
+            "grader.kernel",
+            "-f",
+            "{connection_file}",
+        ]
+
+    def environment(self, extra: dict[str, str]) -> dict[str, str]:
+        """The kernel's whole environment: a short allow-list plus the run's private folders."""
+        env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
+        home = self.run_dir / "home"
+        env.update(
+            HOME=str(home),
+            TMPDIR=str(self.run_dir / "tmp"),
+            IPYTHONDIR=str(home / ".ipython"),
+            MPLCONFIGDIR=str(home / ".matplotlib"),
+            JUPYTER_RUNTIME_DIR=str(self.run_dir / "conn"),
+            HF_HUB_OFFLINE="1",  # the kernel has no network: the model was resolved before it started
+            PYTHONDONTWRITEBYTECODE="1",
+        )
+        if self.limits.gpu_memory_fraction is not None:
+            env[GPU_FRACTION_ENV] = str(self.limits.gpu_memory_fraction)
+        env.update(extra)
+        return env
+
+    def status(self) -> dict:
+        """What the launcher applied (written before any learner code ran)."""
+        try:
+            return json.loads((self.run_dir / STATUS_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def isolation_notes(self) -> list[str]:
+        """One line per protection that could not be enforced on this machine."""
+        notes = list(self.notes)
+        status = self.status()
+        if status.get("network") not in (None, "isolated"):
+            notes.append(f"network not isolated ({status['network']})")
+        return notes
+
+    def kill_all(self) -> None:
+        """Kill every process the kernel started, however it tried to escape, and remove the groups."""
+        for group in self.cgroups:
+            _kill_cgroup(group)
+        for pid in _descendants(os.getpid()) - self._before:
+            _kill(pid)
+        for group in self.cgroups:
+            for _ in range(50):
+                try:
+                    group.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    _kill_cgroup(group)
+                    time.sleep(0.05)
+
+
+def prepare(run_dir: Path, mode: str = "auto", limits: Limits | None = None) -> Sandbox:
+    """Create the run's folders, control groups and the launcher's spec; decide the mode."""
+    if mode not in MODES:
+        from lab_utils.errors import LabError
+
+        raise LabError(f"--sandbox must be one of {', '.join(MODES)} (got {mode!r})")
+    limits = limits or Limits()
+    if mode == "auto":
+        mode = "bwrap" if bwrap_works() else "basic"
+    elif mode == "bwrap" and not bwrap_works():
+        from lab_utils.errors import LabError
+
+        raise LabError(
+            "--sandbox bwrap: bubblewrap is not installed or cannot create namespaces here "
+            "(apt install bubblewrap, or use --sandbox basic)"
+        )
+    sandbox = Sandbox(run_dir, mode, limits)
+    for sub in ("work", "tmp", "home", "conn"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    _become_subreaper()
+    sandbox._before = _descendants(os.getpid())
+    sandbox.cgroups = _make_cgroups(limits)
+    controllers = {g.relative_to(CGROUP_ROOT).parts[0] for g in sandbox.cgroups}
+    unified = (CGROUP_ROOT / "cgroup.controllers").is_file()
+    memory_cgroup = unified and bool(sandbox.cgroups) or "memory" in controllers
+    if not sandbox.cgroups:
+        sandbox.notes.append(
+            "no writable control group: memory is capped with RLIMIT_DATA and processes with "
+            "RLIMIT_NPROC" + (" (not enforced for root)" if os.geteuid() == 0 else "")
+        )
+    elif not unified and not {"pids", "memory"} <= controllers:
+        sandbox.notes.append(f"control groups only for {', '.join(sorted(controllers))}")
+    if mode == "basic":
+        sandbox.notes.append(
+            "filesystem not isolated: the kernel can write outside its folder (install bubblewrap)"
+        )
+    elif mode == "none":
+        sandbox.notes.append("sandbox off (--sandbox none): filesystem and network not isolated")
+    spec = {
+        "mode": mode,
+        "status": str(run_dir / STATUS_FILE),
+        "cgroups": [str(g) for g in sandbox.cgroups],
+        "memory_bytes": int(limits.memory_gb * 2**30),
+        "memory_cgroup": memory_cgroup,
+        "processes": int(limits.processes),
+        "file_bytes": int(limits.file_size_mb * 2**20),
+        "writable": [str(run_dir)],
+        "workdir": str(sandbox.workdir),
+    }
+    (run_dir / "sandbox-spec.json").write_text(json.dumps(spec))
+    return sandbox
+
+
+def allow_writes(sandbox: Sandbox, path: Path) -> None:
+    """Let the kernel write into ``path`` as well (the grader's artefact folder)."""
+    spec_path = sandbox.run_dir / "sandbox-spec.json"
+    spec = json.loads(spec_path.read_text())
+    spec["writable"].append(str(path))
+    spec_path.write_text(json.dumps(spec))
+
+
+@cache
+def bwrap_works() -> bool:
+    """bubblewrap is installed and can create its namespaces on this machine."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return False
+    try:
+        probe = subprocess.run(
+            [bwrap, "--ro-bind", "/", "/", "--unshare-all", "--cap-drop", "ALL", "--", "true"],
+            capture_output=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return probe.returncode == 0
+
+
+# ---------------------------------------------------------------- the launcher (runs as the kernel)
+
+
+def launch(spec_path: str, argv: list[str]) -> None:
+    """Apply the spec to this process, then exec the kernel. Runs before any learner code."""
+    spec = json.loads(Path(spec_path).read_text())
+    status: dict = {"mode": spec["mode"], "cgroups": [], "rlimits": {}}
+    for group in spec["cgroups"]:
+        try:
+            (Path(group) / "cgroup.procs").write_text(str(os.getpid()))
+            status["cgroups"].append(group)
+        except OSError as error:
+            status.setdefault("errors", []).append(f"cgroup {group}: {error.strerror}")
+    limits = {
+        "RLIMIT_FSIZE": spec["file_bytes"],
+        "RLIMIT_CORE": 0,
+        # counts every task of this user, not only the kernel's: allow for what already runs
+        "RLIMIT_NPROC": spec["processes"] + _user_tasks(os.getuid()),
+    }
+    if not (spec["memory_cgroup"] and status["cgroups"]):
+        limits["RLIMIT_DATA"] = spec["memory_bytes"]
+    for name, value in limits.items():
+        try:
+            resource.setrlimit(getattr(resource, name), (value, value))
+            status["rlimits"][name] = value
+        except (ValueError, OSError) as error:
+            status.setdefault("errors", []).append(f"{name}: {error}")
+    mode = spec["mode"]
+    if mode == "bwrap":
+        status["network"] = "isolated"
+        argv = _bwrap_argv(spec) + argv
+        # ipykernel polls this PID and exits when it is gone — in the new PID namespace it never
+        # exists; --die-with-parent ends the kernel with the grader instead
+        os.environ.pop("JPY_PARENT_PID", None)
+    elif mode == "basic":
+        status["network"] = _unshare_network()
+    else:
+        status["network"] = "not isolated (--sandbox none)"
+    Path(spec["status"]).write_text(json.dumps(status))
+    os.chdir(spec["workdir"])
+    os.execvp(argv[0], argv)
+
+
+def _user_tasks(uid: int) -> int:
+    """Threads (tasks) this user runs now, as RLIMIT_NPROC counts them."""
+    total = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+            if int(fields["Uid"].split()[0]) == uid:
+                total += int(fields["Threads"])
+        except (OSError, KeyError, ValueError):
+            continue
+    return total
+
+
+def _bwrap_argv(spec: dict) -> list[str]:
+    argv = [
+        shutil.which("bwrap") or "bwrap",
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-all",  # user, IPC, PID, network, UTS, cgroup namespaces
+        "--cap-drop",
+        "ALL",
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/dev/shm",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/tmp",
+    ]
+    for device in sorted(Path("/dev").glob("nvidia*")) + [Path("/dev/dri")]:
+        if device.exists():
+            argv += ["--dev-bind", str(device), str(device)]
+    for path in spec["writable"]:
+        argv += ["--bind", path, path]
+    return argv + ["--chdir", spec["workdir"], "--"]
+
+
+def _unshare_network() -> str:
+    """A new, empty network namespace for this process and its children."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for flags in (CLONE_NEWNET, CLONE_NEWUSER | CLONE_NEWNET):
+        if libc.unshare(flags) == 0:
+            return "isolated"
+    return f"unshare failed: {os.strerror(ctypes.get_errno())}"
+
+
+# ---------------------------------------------------------------- processes and control groups
+
+
+def _become_subreaper() -> None:
+    """Orphans of the kernel (double forks, setsid) are re-parented to this process, not to init,
+    so :meth:`Sandbox.kill_all` still finds them."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+
+def _descendants(root: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill_cgroup(group: Path) -> None:
+    kill_file = group / "cgroup.kill"  # cgroup v2: the kernel kills every member atomically
+    if kill_file.exists():
+        try:
+            kill_file.write_text("1")
+        except OSError:
+            pass
+    for _ in range(200):  # v1: kill until empty (a fork bomb refills slots while we kill)
+        try:
+            pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            return
+        if not pids:
+            return
+        for pid in pids:
+            _kill(pid)
+        time.sleep(0.01)
+
+
+def _own_cgroup_paths() -> dict[str, str]:
+    """controller → this process's cgroup path (``""`` key for cgroup v2)."""
+    paths: dict[str, str] = {}
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return paths
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            for controller in parts[1].split(",") if parts[1] else [""]:
+                paths[controller] = parts[2]
+    return paths
+
+
+def _make_cgroups(limits: Limits) -> list[Path]:
+    """A control group of the run's own for each of pids and memory, where the filesystem lets us."""
+    if not CGROUP_ROOT.is_dir():
+        return []
+    own = _own_cgroup_paths()
+    name = f"sd-lora-lab-{uuid.uuid4().hex[:12]}"
+    memory = str(int(limits.memory_gb * 2**30))
+    made: list[Path] = []
+    if (CGROUP_ROOT / "cgroup.controllers").is_file():  # cgroup v2 (unified)
+        group = CGROUP_ROOT / own.get("", "/").lstrip("/") / name
+        if _try_group(group, {"pids.max": str(limits.processes), "memory.max": memory}):
+            made.append(group)
+        return made
+    for controller, settings in (
+        ("pids", {"pids.max": str(limits.processes)}),
+        ("memory", {"memory.limit_in_bytes": memory}),
+    ):
+        mount = CGROUP_ROOT / controller
+        if controller in own and mount.is_dir():
+            group = mount / own[controller].lstrip("/") / name
+            if _try_group(group, settings):
+                made.append(group)
+    return made
+
+
+def _try_group(group: Path, settings: dict[str, str]) -> bool:
+    try:
+        group.mkdir()
+    except OSError:
+        return False
+    try:
+        for key, value in settings.items():
+            (group / key).write_text(value)
+    except OSError:
+        group.rmdir()
+        return False
+    return True
+
+
+def memory_exhausted(sandbox: Sandbox) -> bool:
+    """Whether the kernel hit the control group's memory limit (the OOM killer ran)."""
+    for group in sandbox.cgroups:
+        for name in ("memory.events", "memory.oom_control"):
+            try:
+                text = (group / name).read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and value.strip().isdigit() and int(value) > 0:
+                    return True
+        try:
+            if int((group / "memory.failcnt").read_text()) > 0 and not _alive(group):
+                return True
+        except (OSError, ValueError):
+            pass
+    return False
+
+
+def _alive(group: Path) -> bool:
+    try:
+        return bool((group / "cgroup.procs").read_text().split())
+    except OSError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) < 3 or argv[1] != "--":
+        sys.exit("usage: python -m grader.sandbox SPEC.json -- KERNEL ARGV...")
+    launch(argv[0], argv[2:])
+
+
+if __name__ == "__main__":
+    main()
