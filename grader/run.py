@@ -58,7 +58,7 @@ def read_notebook(path: Path) -> nbformat.NotebookNode:
     if not path.is_file():
         raise LabError(f"notebook '{path}' does not exist")
     try:
-        nb = nbformat.read(path, as_version=4)
+        nb = nbformat.from_dict(nbformat.read(path, as_version=4))  # old formats come back as v2 nodes
     except Exception as error:  # nbformat raises several types for malformed files
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise LabError(f"'{path}' is not a notebook: {first}") from None

@@ -141,7 +141,7 @@ class Sandbox:
         """Kill every process the kernel started, however it tried to escape, and remove the groups."""
         for group in self.cgroups:
             _kill_cgroup(group)
-        for pid in _descendants(os.getpid()) - self._before:
+        for pid in descendants(os.getpid()) - self._before:
             _kill(pid)
         for group in self.cgroups:
             for _ in range(50):
@@ -175,7 +175,7 @@ def prepare(run_dir: Path, mode: str = "auto", limits: Limits | None = None) -> 
     for sub in ("work", "tmp", "home", "conn"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     _become_subreaper()
-    sandbox._before = _descendants(os.getpid())
+    sandbox._before = descendants(os.getpid())
     sandbox.cgroups = _make_cgroups(limits)
     controllers = {g.relative_to(CGROUP_ROOT).parts[0] for g in sandbox.cgroups}
     unified = (CGROUP_ROOT / "cgroup.controllers").is_file()
@@ -339,11 +339,14 @@ def _become_subreaper() -> None:
             pass
 
 
-def _descendants(root: int) -> set[int]:
+def descendants(root: int) -> set[int]:
+    """Live (non-zombie) processes below ``root``."""
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[0] == "Z":
+                continue
             parents[int(stat.parent.name)] = int(fields[1])
         except (OSError, ValueError, IndexError):
             continue
@@ -433,6 +436,17 @@ def _try_group(group: Path, settings: dict[str, str]) -> bool:
         group.rmdir()
         return False
     return True
+
+
+def can_limit_processes() -> bool:
+    """Whether a kernel's process count can be capped here: RLIMIT_NPROC binds any user but root;
+    for root it takes a pids control group of the run's own."""
+    if os.geteuid() != 0:
+        return True
+    groups = _make_cgroups(Limits())
+    for group in groups:
+        group.rmdir()
+    return any("pids" in g.parts or (CGROUP_ROOT / "cgroup.controllers").is_file() for g in groups)
 
 
 def memory_exhausted(sandbox: Sandbox) -> bool:

@@ -75,6 +75,11 @@ def write(tmp_path: Path, text: str) -> Path:
         ("[checks.parameter_count]\nmin_mean_abs_diff = 1", "unknown key 'min_mean_abs_diff'"),
         ("[lora\nrank = 4", "is not valid TOML"),
         ("grading = true", "unknown key 'grading'"),
+        ("[timeouts]\ncell = inf", "[timeouts].cell must be a finite number"),
+        ("[limits]\nsandbox = 'docker'", "[limits] sandbox must be one of auto, bwrap, basic, none"),
+        ("[limits]\nmemory_gb = 0", "[limits] memory_gb must be positive"),
+        ("[limits]\ngpu_memory_fraction = 1.5", "gpu_memory_fraction must be in (0, 1]"),
+        ("[limits]\nprocesses = 2.5", "[limits].processes must be int"),
     ],
 )
 def test_invalid_checks_files_are_one_clear_error_naming_file_and_key(tmp_path, text, message):

@@ -1,5 +1,6 @@
-"""The grader end to end: the solution passes, the student notebook and broken variants fail the
-right check with the right cause, and bad inputs are one clear line with a non-zero exit."""
+"""The grader end to end: the solution passes, the student notebook fails each check with its
+message, and bad inputs are one clear line with a non-zero exit. Broken and adversarial variants of
+the solution are the catalogue in tests/adversarial.py (tests/test_adversarial.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
-from grader import GradingConfig, grade_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "notebooks" / "sd_lora_lab_solution.ipynb"
@@ -51,10 +50,6 @@ def variant(tmp_path: Path, *edits: tuple[str, str], extra_after: str | None = N
     return path
 
 
-def by_name(report) -> dict:
-    return {c.name: c for c in report.checks}
-
-
 def test_solution_passes_every_check_through_the_cli(tmp_path):
     out = tmp_path / "report.json"
     result = run_grader(str(SOLUTION), "--json", str(out))
@@ -85,117 +80,6 @@ def test_unfilled_student_notebook_fails_each_check_with_its_message(tmp_path):
     # every check belongs to step 2 or later, so each names the step that failed and why
     assert all(c["cause"] == report["execution"]["failure"] for c in report["checks"])
     assert "Traceback" not in result.stdout + result.stderr
-
-
-def test_learning_rate_zero_fails_gradients_and_pixels(tmp_path):
-    path = variant(
-        tmp_path, ("TRAIN_STEPS, LEARNING_RATE = 30, 1e-3", "TRAIN_STEPS, LEARNING_RATE = 30, 0.0")
-    )
-    checks = by_name(grade_notebook(path))
-    assert checks["parameter_count"].passed
-    assert (
-        not checks["adapter_gradients"].passed
-        and "lora_B weight is still zero" in checks["adapter_gradients"].cause
-    )
-    assert checks["adapter_gradients"].measured == "48/96"  # B gets gradients, A cannot while B = 0
-    assert not checks["pixel_difference"].passed and checks["pixel_difference"].value == 0.0
-    assert "mean_abs_diff = 0.0" in checks["pixel_difference"].cause
-
-
-def test_adapter_never_attached_fails_the_count(tmp_path):
-    path = variant(tmp_path, ("unet = get_peft_model(pipe.unet, lora_config)", "unet = pipe.unet"))
-    report = grade_notebook(path)
-    checks = by_name(report)
-    assert report.execution["failure"].startswith("step 3 failed: ValueError")  # AdamW got no parameters
-    assert (
-        not checks["parameter_count"].passed
-        and "no LoRA adapter was found" in checks["parameter_count"].cause
-    )
-    assert not checks["adapter_gradients"].passed and not checks["pixel_difference"].passed
-    assert checks["adapter_gradients"].cause.startswith("step 3 failed: ValueError")
-    assert checks["pixel_difference"].cause == report.execution["failure"]
-
-
-def test_adapted_image_from_another_seed_fails_the_pixel_check(tmp_path):
-    path = variant(
-        tmp_path,
-        (
-            "adapted_image = lab_utils.generate(pipe, PROMPT, seed=SEED,",
-            "adapted_image = lab_utils.generate(pipe, PROMPT, seed=SEED + 1,",
-        ),
-    )
-    checks = by_name(grade_notebook(path))
-    assert checks["parameter_count"].passed and checks["adapter_gradients"].passed
-    assert not checks["pixel_difference"].passed
-    assert "seed 0 vs 1" in checks["pixel_difference"].cause
-
-
-def test_lora_on_the_wrong_modules_fails_the_count_naming_them(tmp_path):
-    path = variant(tmp_path, ('TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]', 'TARGETS = ["to_q", "to_v"]'))
-    checks = by_name(grade_notebook(path))
-    count = checks["parameter_count"]
-    assert not count.passed and count.value == 14_080 // 2
-    assert "wrong target modules (missing attn1.to_k, attn1.to_out, attn2.to_k, attn2.to_out)" in count.cause
-
-
-def test_wrong_rank_fails_the_count_naming_the_rank(tmp_path):
-    path = variant(tmp_path, ("RANK, ALPHA = 4, 4", "RANK, ALPHA = 8, 8"))
-    count = by_name(grade_notebook(path))["parameter_count"]
-    assert not count.passed and count.value == 2 * 14_080 and "rank 8 instead of 4" in count.cause
-
-
-def test_faked_adapted_image_is_reported_inconsistent(tmp_path):
-    """lr 0 (nothing learned), then the adapted image replaced by baseline + noise with its record."""
-    fake = (
-        "import numpy as np\nfrom PIL import Image\n"
-        "noise = np.random.default_rng(0).integers(-3, 4, (64, 64, 3))\n"
-        "noisy = np.asarray(baseline_image, dtype=np.int16) + noise\n"
-        "fake = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))\n"
-        "fake.info.update(adapted_image.info)\nadapted_image = fake\n"
-        "print(lab_utils.mean_abs_diff(baseline_image, adapted_image))"
-    )
-    path = variant(
-        tmp_path,
-        ("TRAIN_STEPS, LEARNING_RATE = 30, 1e-3", "TRAIN_STEPS, LEARNING_RATE = 30, 0.0"),
-        extra_after="adapted_image = lab_utils.generate",
-        extra=fake,
-    )
-    pixels = by_name(grade_notebook(path))["pixel_difference"]
-    assert not pixels.passed and pixels.cause.startswith(
-        "inconsistent: the saved image was not produced by this adapter"
-    )
-    assert pixels.value == 0.0  # the grader's own regeneration: the adapter changes nothing
-
-
-def child_processes() -> list[str]:
-    """Live (non-zombie) processes whose parent is this test process."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == os.getpid() and fields[0] != "Z":
-            children.append(stat.parent.name)
-    return children
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-def test_timeouts_and_a_dead_kernel_keep_the_grader_in_control(tmp_path):
-    loop = tmp_path / "loop.ipynb"
-    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("while True:\n    pass")]), loop)
-    report = grade_notebook(loop, config=GradingConfig(cell_timeout=3, total_timeout=60))
-    assert "per-cell timeout of 3 s" in report.execution["failure"] and not report.passed
-    assert child_processes() == []  # the looping kernel was killed, not left spinning
-    report = grade_notebook(loop, config=GradingConfig(cell_timeout=60, total_timeout=3))
-    assert "total timeout of 3 s" in report.execution["failure"]
-    assert child_processes() == []
-    dead = tmp_path / "dead.ipynb"
-    nbformat.write(
-        nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nos._exit(0)")]), dead
-    )
-    report = grade_notebook(dead)
-    assert "the kernel died" in report.execution["failure"] and report.score == 0
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,463 @@
+"""The adversarial catalogue: named submissions that try to fool, break or escape the grader.
+
+Each case builds a notebook (most are the solution with an edit), states the verdict the grader must
+reach — the score, which checks may keep credit, and words the reason must contain — and
+tests/test_adversarial.py grades it. ``docs/RELIABILITY.md`` is written from these results at the
+end of a test run that graded every case (see :func:`write_reliability`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLUTION = ROOT / "notebooks" / "sd_lora_lab_solution.ipynb"
+STUDENT = ROOT / "notebooks" / "sd_lora_lab.ipynb"
+RELIABILITY = ROOT / "docs" / "RELIABILITY.md"
+
+LR0 = ("TRAIN_STEPS, LEARNING_RATE = 30, 1e-3", "TRAIN_STEPS, LEARNING_RATE = 30, 0.0")
+STEP3 = "TRAIN_STEPS, LEARNING_RATE"  # the first line of step 3's cell
+ADAPTED = "adapted_image = lab_utils.generate(pipe, PROMPT, seed=SEED,"
+
+
+@dataclass
+class Case:
+    name: str
+    attack: str  # what the submission tries
+    build: Callable[[Path], Path]
+    score: float = 0.0  # the score it must get (of 3)
+    reasons: dict[str, str] = field(default_factory=dict)  # check name or "failure" → words required
+    measured: dict[str, str] = field(default_factory=dict)  # check name → its exact "measured" text
+    config: dict = field(default_factory=dict)  # GradingConfig overrides
+    cli: bool = False  # graded through `python -m grader` (a file that is not a notebook)
+    needs: str = ""  # "bwrap" | "cgroup": skipped where the machine cannot enforce it
+
+
+def solution_with(
+    *edits: tuple[str, str], after: str | None = None, cell: str = ""
+) -> Callable[[Path], Path]:
+    """The solution notebook with text replacements and optionally a code cell inserted after the
+    first cell containing ``after`` (in that cell's step), or before it when ``after`` starts with '<'."""
+
+    def build(tmp: Path) -> Path:
+        nb = nbformat.read(SOLUTION, as_version=4)
+        for old, new in edits:
+            hits = [c for c in nb.cells if old in c.source]
+            assert hits, f"edit target not found: {old!r}"
+            for hit in hits:
+                hit.source = hit.source.replace(old, new)
+        if after is not None:
+            before = after.startswith("<")
+            needle = after.lstrip("<")
+            index = next(i for i, c in enumerate(nb.cells) if needle in c.source)
+            new_cell = nbformat.v4.new_code_cell(cell)
+            new_cell.metadata["lab"] = {"step": nb.cells[index].metadata.get("lab", {}).get("step")}
+            nb.cells.insert(index if before else index + 1, new_cell)
+        path = tmp / "submission.ipynb"
+        nbformat.write(nb, path)
+        return path
+
+    return build
+
+
+def cells(*sources: str) -> Callable[[Path], Path]:
+    """A small notebook of its own: one code cell per source, all in step 1."""
+
+    def build(tmp: Path) -> Path:
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("## Step 1")])
+        nb.cells += [nbformat.v4.new_code_cell(source) for source in sources]
+        path = tmp / "submission.ipynb"
+        nbformat.write(nb, path)
+        return path
+
+    return build
+
+
+def text_file(content: bytes, name: str = "submission.ipynb") -> Callable[[Path], Path]:
+    def build(tmp: Path) -> Path:
+        path = tmp / name
+        path.write_bytes(content)
+        return path
+
+    return build
+
+
+def stored_outputs_lie(tmp: Path) -> Path:
+    """The unfilled student notebook carrying the outputs of a successful run: every code cell shows
+    the solution's success lines, execution counts included."""
+    nb = nbformat.read(STUDENT, as_version=4)
+    claims = [
+        "trainable LoRA parameters: 14,080 of 1,106,212 (1.273%) — expected 14,080",
+        "adapter tensors with nonzero gradient: 96/96",
+        "mean_abs_diff = 1.52 on the 0–255 scale (the check needs > 0.5)",
+        "self-check — all checks passed",
+    ]
+    for count, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        cell.execution_count = count + 1
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="\n".join(claims) + "\n")]
+    path = tmp / "submission.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+CANARY_NAME = "canary.txt"  # written by the test beside the submission, outside the sandbox
+GRADER_FILE = ROOT / "grader" / "checks.py"
+
+PATCH_EVERYTHING = """
+import numpy as np, PIL.Image, torch
+import lab_utils, lab_utils.metrics
+for p in [p for n, p in unet.named_parameters() if "lora_" in n]:
+    p.grad = torch.ones_like(p)             # gradients set by hand
+    with torch.no_grad():
+        p.add_(0.0)
+lab_utils.mean_abs_diff = lambda a, b: 99.0  # the metric faked
+lab_utils.metrics.mean_abs_diff = lab_utils.mean_abs_diff
+lab_utils.adapter_grad_norms = lambda unet: {"x": 1.0}
+torch.Tensor.any = lambda self, *a, **k: torch.tensor(True)
+np.abs = lambda x, *a, **k: np.full_like(np.asarray(x, dtype=float), 99.0)
+PIL.Image.Image.getdata = lambda self, *a: [(255, 255, 255)] * 10
+print("mean_abs_diff = 99.00; adapter tensors with nonzero gradient: 96/96")
+"""
+
+ALWAYS_EQUAL = """
+class AlwaysEqual(int):
+    def __eq__(self, other): return True
+    def __ne__(self, other): return False
+    __hash__ = int.__hash__
+trainable = AlwaysEqual(14080)
+expected = trainable
+assert trainable == 797_184 and trainable == expected
+print(f"trainable LoRA parameters: {trainable:,} — expected {expected:,}")
+"""
+
+HARD_CODED = """
+print("trainable LoRA parameters: 14,080 of 1,106,212 (1.273%) — expected 14,080")
+print("adapter tensors with nonzero gradient: 96/96")
+print("mean_abs_diff = 1.52 on the 0–255 scale (the check needs > 0.5)")
+"""
+
+BASELINE_PLUS_NOISE = """
+import numpy as np
+from PIL import Image
+noise = np.random.default_rng(0).integers(-3, 4, (64, 64, 3))
+noisy = np.asarray(baseline_image, dtype=np.int16) + noise
+fake = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+fake.info.update(adapted_image.info)
+adapted_image = fake
+"""
+
+PATCHED_SAVER = """
+import json, os, numpy as np
+from PIL import Image, PngImagePlugin
+import grader.artefacts as ga
+def forged_save(directory, namespace):
+    os.makedirs(directory, exist_ok=True)
+    record = dict(baseline_image.info["sd_lora_lab"])
+    noisy = np.clip(np.asarray(baseline_image, dtype=np.int16) + 40, 0, 255).astype(np.uint8)
+    baseline_image.save(os.path.join(directory, "baseline_image.png"))
+    Image.fromarray(noisy).save(os.path.join(directory, "adapted_image.png"))
+    unet.save_pretrained(os.path.join(directory, "adapter"))
+    images = {n: {"file": n + ".png", "record": record} for n in ("baseline_image", "adapted_image")}
+    with open(os.path.join(directory, "manifest.json"), "w") as f:
+        json.dump({"images": images, "adapter": "adapter", "errors": []}, f)
+ga.save_artefacts = forged_save
+"""
+
+ESCAPE_FILES = """
+import os, pathlib, subprocess
+hits = []
+for target in [CANARY, GRADER_FILE]:
+    try:
+        with open(target, "a") as f:
+            f.write("pwned")
+        hits.append(target)
+    except OSError as error:
+        print("blocked:", error)
+subprocess.run(["sh", "-c", f"echo pwned > {os.path.dirname(CANARY)}/dropped.txt"])
+assert not hits, f"wrote outside the sandbox: {hits}"
+"""
+
+FIND_GRADER = """
+import os, signal
+visible = [p for p in os.listdir("/proc") if p.isdigit()]
+cmdlines = []
+for p in visible:
+    try:
+        cmdlines.append(open(f"/proc/{p}/cmdline").read())
+    except OSError:
+        pass
+grader = [c for c in cmdlines if "pytest" in c or ("grader" in c and "grader.kernel" not in c)]
+assert not grader, f"the grader's process is visible: {grader[:1]}"
+for pid in visible:
+    if int(pid) != os.getpid() and int(pid) > 1:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            pass
+"""
+
+NETWORK = """
+import socket, urllib.request
+try:
+    socket.create_connection(("1.1.1.1", 443), timeout=5)
+    print("connected")
+except OSError as error:
+    print("no route:", error)
+urllib.request.urlopen("https://pypi.org/simple/", timeout=5)
+"""
+
+LR0_CAUSE = "lora_B weight is still zero"
+INCONSISTENT = "inconsistent: the saved image was not produced by this adapter"
+
+CASES: list[Case] = [
+    Case(
+        "infinite loop",
+        "`while True: pass` in a cell",
+        cells("while True:\n    pass"),
+        reasons={"failure": "per-cell timeout of 5 s"},
+        config={"cell_timeout": 5, "total_timeout": 60},
+    ),
+    Case(
+        "long sleep",
+        "`time.sleep(3600)`, past the notebook's total timeout",
+        cells("import time\ntime.sleep(3600)"),
+        reasons={"failure": "total timeout of 6 s"},
+        config={"cell_timeout": 60, "total_timeout": 6},
+    ),
+    Case(
+        "sys.exit(0) mid-notebook",
+        "the solution calls sys.exit(0) at the start of step 3 to end the run 'successfully'",
+        solution_with(after="<" + STEP3, cell="import sys\nsys.exit(0)"),
+        score=1,
+        reasons={"failure": "step 3 failed: SystemExit", "adapter_gradients": "step 3 failed"},
+    ),
+    Case(
+        "os._exit(0) mid-notebook",
+        "the solution kills its own kernel with os._exit(0) at the start of step 3",
+        solution_with(after="<" + STEP3, cell="import os\nos._exit(0)"),
+        score=1,
+        reasons={"failure": "step 3 failed: the kernel died", "pixel_difference": "step 3 failed"},
+    ),
+    Case(
+        "exception",
+        "an exception in step 3",
+        solution_with(after="<" + STEP3, cell="raise RuntimeError('boom')"),
+        score=1,
+        reasons={"failure": "step 3 failed: RuntimeError: boom"},
+    ),
+    Case(
+        "segfault",
+        "the kernel dereferences a null pointer",
+        cells("import ctypes\nctypes.string_at(0)"),
+        reasons={"failure": "the kernel died"},
+    ),
+    Case(
+        "memory exhaustion",
+        "allocates 128 MB blocks until memory runs out (limit 1 GB)",
+        cells("blocks = []\nwhile True:\n    blocks.append(bytearray(2**27))"),
+        reasons={"failure": "out of memory"},
+        config={"memory_gb": 1},
+    ),
+    Case(
+        "fork bomb",
+        "`while True: os.fork()` (limit 64 processes)",
+        cells("import os\nwhile True:\n    os.fork()"),
+        reasons={"failure": "failed"},
+        config={"processes": 64, "cell_timeout": 30},
+        needs="cgroup",
+    ),
+    Case(
+        "50 MB of output",
+        "prints 50 MB, then does no work",
+        cells("for _ in range(50):\n    print('x' * 2**20)"),
+        reasons={"notes": "output over 20 MB was dropped", "parameter_count": "no LoRA adapter was found"},
+    ),
+    Case(
+        "writing outside the working directory",
+        "appends to a file beside the submission and to the grader's own source; a shell drops a file",
+        lambda tmp: cells(
+            f"CANARY = {str(tmp / CANARY_NAME)!r}\nGRADER_FILE = {str(GRADER_FILE)!r}\n{ESCAPE_FILES}"
+        )(tmp),
+        reasons={"parameter_count": "no LoRA adapter was found"},
+        needs="bwrap",
+    ),
+    Case(
+        "reading and killing the grader",
+        "looks for the grader's process in /proc to read its arguments and SIGKILLs every process it sees",
+        cells(FIND_GRADER),
+        reasons={"parameter_count": "no LoRA adapter was found"},
+        needs="bwrap",
+    ),
+    Case(
+        "network access",
+        "opens a socket and downloads from PyPI",
+        cells(NETWORK),
+        reasons={"failure": "URLError"},
+    ),
+    Case(
+        "monkeypatched torch, numpy, PIL and lab_utils",
+        "learning rate 0, then gradients set by hand and the metrics patched to report success",
+        solution_with(LR0, after=STEP3, cell=PATCH_EVERYTHING),
+        score=1,
+        reasons={"adapter_gradients": LR0_CAUSE},
+    ),
+    Case(
+        "__eq__-always-True parameter count",
+        "adapter never attached; the count is an object equal to everything",
+        solution_with(
+            ("unet = get_peft_model(pipe.unet, lora_config)", "unet = pipe.unet"),
+            after="unet = pipe.unet",
+            cell=ALWAYS_EQUAL,
+        ),
+        reasons={"parameter_count": "no LoRA adapter was found"},
+    ),
+    Case(
+        "hard-coded printed numbers",
+        "prints the solution's success lines and does nothing else",
+        cells(HARD_CODED),
+        reasons={"parameter_count": "no LoRA adapter was found", "pixel_difference": "not found"},
+    ),
+    Case(
+        "adapted image = baseline + noise",
+        "learning rate 0, then the adapted image replaced by the baseline plus noise, record copied",
+        solution_with(LR0, after=ADAPTED, cell=BASELINE_PLUS_NOISE),
+        score=1,
+        reasons={"pixel_difference": INCONSISTENT},
+        measured={"pixel_difference": "0.00"},  # the grader's own regeneration: nothing changed
+    ),
+    Case(
+        "forged artefacts through a patched grader module",
+        "replaces grader.artefacts.save_artefacts in the kernel to write a brightened 'adapted' image",
+        solution_with(LR0, after=ADAPTED, cell=PATCHED_SAVER),
+        score=1,
+        reasons={"adapter_gradients": LR0_CAUSE, "pixel_difference": INCONSISTENT},
+    ),
+    Case(
+        "learning rate 0",
+        "trains with lr = 0: the adapter never moves",
+        solution_with(LR0),
+        score=1,
+        reasons={"adapter_gradients": LR0_CAUSE, "pixel_difference": "mean_abs_diff = 0.0"},
+        # lora_B gets gradients; lora_A cannot while B is zero
+        measured={"parameter_count": "14,080", "adapter_gradients": "48/96", "pixel_difference": "0.00"},
+    ),
+    Case(
+        "adapter never attached",
+        "keeps the plain U-Net: no LoRA at all",
+        solution_with(("unet = get_peft_model(pipe.unet, lora_config)", "unet = pipe.unet")),
+        reasons={"parameter_count": "no LoRA adapter was found", "failure": "step 3 failed: ValueError"},
+    ),
+    Case(
+        "LoRA on the wrong modules",
+        "targets to_q and to_v only",
+        solution_with(('TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]', 'TARGETS = ["to_q", "to_v"]')),
+        score=2,
+        reasons={
+            "parameter_count": "wrong target modules (missing attn1.to_k, attn1.to_out, attn2.to_k, "
+            "attn2.to_out)"
+        },
+        measured={"parameter_count": "7,040"},
+    ),
+    Case(
+        "wrong rank",
+        "rank 8 instead of 4",
+        solution_with(("RANK, ALPHA = 4, 4", "RANK, ALPHA = 8, 8")),
+        score=2,
+        reasons={"parameter_count": "rank 8 instead of 4"},
+        measured={"parameter_count": "28,160"},
+    ),
+    Case(
+        "a different seed for the adapted image",
+        "the adapted image uses seed 1, so the pixels differ without any training",
+        solution_with((ADAPTED, ADAPTED.replace("seed=SEED,", "seed=SEED + 1,")), LR0),
+        score=1,
+        reasons={"pixel_difference": "seed 0 vs 1"},
+    ),
+    Case(
+        "adapter attached after generating",
+        "the adapted image is generated right after attaching, before any training",
+        solution_with(
+            (
+                ADAPTED + " steps=INFERENCE_STEPS, guidance=GUIDANCE)",
+                "pass  # adapted_image was made before training",
+            ),
+            after="<" + STEP3,
+            cell=ADAPTED + " steps=INFERENCE_STEPS, guidance=GUIDANCE)",
+        ),
+        score=2,
+        reasons={"pixel_difference": INCONSISTENT},
+    ),
+    Case(
+        "stored outputs claim success",
+        "the unfilled notebook carries a successful run's outputs",
+        stored_outputs_lie,
+        reasons={"failure": "step 1 failed: NotImplementedError"},
+    ),
+    Case(
+        "corrupted notebook file",
+        "truncated JSON",
+        text_file(SOLUTION.read_bytes()[:5000]),
+        reasons={"stderr": "is not a notebook"},
+        cli=True,
+    ),
+    Case(
+        "not a notebook",
+        "a PNG renamed to .ipynb",
+        text_file(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8),
+        reasons={"stderr": "is not a notebook"},
+        cli=True,
+    ),
+]
+
+RESULTS: dict[str, dict] = {}  # case name → what the grader decided (filled by the tests)
+FUZZ: dict[str, int] = {}  # fuzz target → inputs tried (filled by the property-based tests)
+
+
+def write_reliability() -> bool:
+    """Write docs/RELIABILITY.md when every case was graded in this run; True if written."""
+    if set(RESULTS) != {c.name for c in CASES}:
+        return False
+    rows = []
+    for case in CASES:
+        result = RESULTS[case.name]
+        rows.append(
+            f"| {case.name} | {case.attack} | {result['verdict']} | {result['reason']} | "
+            f"{'yes' if result['as_expected'] else '**NO**'} |"
+        )
+    false_passes = sum(1 for r in RESULTS.values() if r["false_pass"])
+    crashes = sum(1 for r in RESULTS.values() if r["crash"])
+    fuzz_lines = [f"- {target}: {count} generated inputs" for target, count in sorted(FUZZ.items())]
+    text = "\n".join(
+        [
+            "# Reliability: the adversarial catalogue",
+            "",
+            "Generated by `HF_HUB_OFFLINE=1 python -m pytest tests/test_adversarial.py` (any test run that",
+            "grades every case rewrites it). Each submission below is graded by the real grader on the",
+            "built-in model; a case whose verdict differs from the expected one fails the test run.",
+            "Sandbox: bubblewrap where installed (CI installs it), with per-run control groups for memory",
+            "and processes; see `grader/sandbox.py` for what each mode enforces.",
+            "",
+            f"**Totals: {len(CASES)} cases tried · false passes {false_passes} · grader crashes {crashes} · "
+            f"verdicts as expected {sum(r['as_expected'] for r in RESULTS.values())}/{len(CASES)}.**",
+            "",
+            "| submission | what it tries | verdict | the grader's reason | as expected |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+            "## Property-based fuzzing (hypothesis)",
+            "",
+            "Every generated input either loads or raises the grader's own one-line `LabError`;",
+            "no other exception escapes (tests/test_adversarial.py).",
+            "",
+            *(fuzz_lines or ["- (not run in the run that wrote this file)"]),
+            "",
+        ]
+    )
+    RELIABILITY.parent.mkdir(exist_ok=True)
+    if not RELIABILITY.exists() or RELIABILITY.read_text() != text:
+        RELIABILITY.write_text(text)
+    return True

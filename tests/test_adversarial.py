@@ -1,0 +1,247 @@
+"""The grader cannot be fooled or broken: every submission of the adversarial catalogue
+(tests/adversarial.py) gets its expected verdict and reason, the grader never crashes or hangs, and
+nothing outside the sandbox changes. Property-based tests fuzz the notebook reader and the checks
+loader. The run writes docs/RELIABILITY.md."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import nbformat
+import pytest
+from adversarial import CANARY_NAME, CASES, FUZZ, GRADER_FILE, RESULTS, ROOT, Case
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from grader import GradingConfig, grade_notebook, load_config
+from grader.grade import reflections
+from grader.run import cell_steps, read_notebook
+from grader.sandbox import bwrap_works, can_limit_processes, descendants
+from lab_utils.errors import LabError
+
+MARGIN = 120.0  # seconds the grader may take beyond the notebook's own timeout (model load, checks)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _verdict(score: float, max_score: float, failure: str | None) -> str:
+    return f"{score:g}/{max_score:g}" + (f" — {failure}" if failure else "")
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_adversarial_submission(case: Case, tmp_path: Path) -> None:
+    if case.needs == "bwrap" and not bwrap_works():
+        pytest.skip("needs bubblewrap (apt install bubblewrap; .ci/run installs it)")
+    if case.needs == "cgroup" and not can_limit_processes():
+        pytest.skip("running as root without a writable pids control group: a fork bomb is not containable")
+    canary = tmp_path / CANARY_NAME
+    canary.write_text("untouched")
+    grader_digest = _digest(GRADER_FILE)
+    path = case.build(tmp_path)
+    record = {"verdict": "", "reason": "", "false_pass": False, "crash": False, "as_expected": False}
+    RESULTS[case.name] = record
+
+    if case.cli:
+        result = subprocess.run(
+            [sys.executable, "-m", "grader", str(path)], capture_output=True, text=True, cwd=ROOT, timeout=300
+        )
+        lines = result.stderr.strip().splitlines()
+        record.update(
+            verdict=f"rejected (exit {result.returncode})",
+            reason=lines[-1] if lines else "",
+            crash=result.returncode not in (1, 2) or "Traceback" in result.stderr,
+            false_pass=result.returncode == 0,
+        )
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert case.reasons["stderr"] in lines[0]
+        record["as_expected"] = True
+        return
+
+    config = GradingConfig(**case.config)
+    results = tmp_path / "results"
+    try:
+        report = grade_notebook(path, config=config, output=results)
+    except Exception:
+        record["crash"] = True
+        raise
+    failure = report.execution.get("failure")
+    failed = [c for c in report.checks if not c.passed]
+    record.update(
+        verdict=_verdict(report.score, report.max_score, None),
+        reason="; ".join(
+            filter(None, [failure] + [f"{c.name}: {c.cause}" for c in failed if c.cause != failure])
+        )
+        .replace("|", "\\|")
+        .replace("\n", " ")[:300],
+        false_pass=report.passed or report.score > case.score,
+    )
+    # the verdict
+    assert not report.passed and report.score == case.score, (
+        report.score,
+        failure,
+        [c.cause for c in failed],
+    )
+    by_name = {c.name: c for c in report.checks}
+    for where, words in case.reasons.items():
+        if where == "failure":
+            assert failure and words in failure, failure
+        elif where == "notes":
+            assert any(words in note for note in report.notes), report.notes
+        else:
+            assert not by_name[where].passed and words in (by_name[where].cause or ""), by_name[where].cause
+    for name, text in case.measured.items():
+        assert by_name[name].measured == text, (name, by_name[name].measured)
+    # the grader stayed in control: results written by it, nothing left running, on time
+    written = json.loads((results / "results.json").read_text())
+    assert written["score"] == report.score
+    assert descendants(os.getpid()) == set()
+    assert report.seconds < config.total_timeout + MARGIN
+    # nothing outside the sandbox changed
+    if report.execution["sandbox"] == "bwrap":
+        assert canary.read_text() == "untouched"
+        assert _digest(GRADER_FILE) == grader_digest
+        assert not (tmp_path / "dropped.txt").exists()
+    if bwrap_works():
+        assert report.execution["sandbox"] == "bwrap"  # auto picks bubblewrap when it is installed
+    record["as_expected"] = True
+
+
+def test_catalogue_covers_the_required_attacks() -> None:
+    names = {c.name for c in CASES}
+    assert len(names) == len(CASES) >= 20
+    for required in ("infinite loop", "fork bomb", "memory exhaustion", "segfault", "network access"):
+        assert required in names
+
+
+# --- property-based fuzzing ---------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+cell_like = st.fixed_dictionaries(
+    {"cell_type": st.sampled_from(["code", "markdown", "raw", "other"]), "source": st.text(max_size=40)},
+    optional={
+        "metadata": st.dictionaries(st.sampled_from(["lab", "tags", "x"]), json_values, max_size=2),
+        "outputs": st.lists(json_values, max_size=2),
+        "execution_count": st.none() | st.integers(),
+        "id": st.text(max_size=10),
+    },
+)
+notebook_like = st.fixed_dictionaries(
+    {"cells": st.lists(cell_like, max_size=4)},
+    optional={
+        "nbformat": st.sampled_from([3, 4, 5, "4"]),
+        "nbformat_minor": st.integers(-1, 6),
+        "metadata": st.dictionaries(st.text(max_size=8), json_values, max_size=2),
+    },
+)
+FUZZ_SETTINGS = settings(
+    max_examples=150, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+def _count(target: str) -> None:
+    FUZZ[target] = FUZZ.get(target, 0) + 1
+
+
+@FUZZ_SETTINGS
+@given(
+    content=st.binary(max_size=300)
+    | st.text(max_size=300).map(str.encode)
+    | notebook_like.map(lambda nb: json.dumps(nb).encode())
+)
+def test_fuzz_notebook_reader(content: bytes) -> None:
+    _count("notebook reader (bytes, text, notebook-shaped JSON)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "fuzz.ipynb"
+        path.write_bytes(content)
+        try:
+            nb = read_notebook(path)
+        except LabError as error:
+            assert str(error) and "\n" not in str(error).strip()
+            return
+        assert isinstance(nb, nbformat.NotebookNode)
+        cell_steps(nb)  # what the grader does next with a notebook it accepted
+        reflections(nb)
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return (
+            "nan"
+            if math.isnan(value)
+            else ("inf" if value > 0 else "-inf")
+            if math.isinf(value)
+            else repr(value)
+        )
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+scalar = (
+    st.booleans()
+    | st.integers(-10, 10**6)
+    | st.floats()
+    | st.text(max_size=12)
+    | st.sampled_from(
+        ["attn", "cross", "self", "full", "visible", "hidden", "auto", "bwrap", "basic", "none"]
+    )
+)
+value = scalar | st.lists(scalar, max_size=3)
+KEYS = {
+    "lora": ["rank", "alpha", "targets", "oops"],
+    "timeouts": ["cell", "total", "startup"],
+    "limits": ["sandbox", "memory_gb", "processes", "file_size_mb", "output_mb", "gpu_memory_fraction"],
+    "checks.parameter_count": ["points", "visibility", "step"],
+    "checks.pixel_difference": ["points", "min_mean_abs_diff", "image_tolerance", "visibility"],
+    "checks.nope": ["points"],
+    "extra": ["x"],
+}
+
+
+@st.composite
+def checks_files(draw) -> str:
+    if draw(st.booleans()):
+        return draw(st.text(max_size=200))  # arbitrary text: mostly not TOML at all
+    lines = []
+    for table in draw(st.lists(st.sampled_from(sorted(KEYS)), max_size=4, unique=True)):
+        lines.append(f"[{table}]")
+        for key in draw(st.lists(st.sampled_from(KEYS[table]), max_size=4, unique=True)):
+            lines.append(f"{key} = {_toml_value(draw(value))}")
+    return "\n".join(lines) + "\n"
+
+
+@FUZZ_SETTINGS
+@given(text=checks_files())
+def test_fuzz_checks_file_loader(text: str) -> None:
+    _count("checks-file loader (text and TOML with random keys and values)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "checks.toml"
+        path.write_text(text, errors="surrogatepass")
+        try:
+            config = load_config(path)
+        except LabError as error:
+            assert str(error) and "\n" not in str(error).strip() and str(path) in str(error)
+            return
+        assert isinstance(config, GradingConfig)
+        assert config.max_score >= 0 and config.cell_timeout > 0 and math.isfinite(config.total_timeout)
+        config.limits  # noqa: B018 — the sandbox limits build from any accepted file
