@@ -315,10 +315,9 @@ def _error_line(error: Exception) -> str:
     """The learner-facing line of a cell error: 'NotImplementedError: Step 2: ...'."""
     ename = getattr(error, "ename", None)
     evalue = getattr(error, "evalue", None)
-    if (
-        ename
-        and ("OutOfMemoryError" in ename or "out of memory" in str(evalue).lower())
-        and ("cuda" in str(evalue).lower() or "gpu" in str(evalue).lower())
+    lowered = str(evalue).lower()
+    if ename and (
+        "OutOfMemoryError" in ename or "cuda out of memory" in lowered or "out of gpu memory" in lowered
     ):
         return f"out of GPU memory ({ename}: {str(evalue).splitlines()[0] if evalue else ''})"
     if ename == "MemoryError":
