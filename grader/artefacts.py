@@ -86,23 +86,74 @@ class Artefacts:
     errors: list[str] = field(default_factory=list)
 
 
+MAX_RANK = 1024  # a forged adapter_config.json must not make the grader allocate without bound
+MAX_ADAPTER_BYTES = 2**30
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
+
+
 def read_artefacts(directory: Path) -> Artefacts:
-    """Read the folder :func:`save_artefacts` wrote; a missing or broken piece is simply absent."""
+    """Read the folder :func:`save_artefacts` wrote; a missing, broken or forged piece is absent
+    and named in ``errors``. The kernel can write this folder, so every field is checked for type
+    and range here, and nothing but JSON, PNG and safetensors is ever read."""
     found = Artefacts(directory)
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
     except (OSError, ValueError):
         found.errors.append("the notebook's artefacts were not saved (the kernel died or timed out)")
         return found
-    for name, entry in (manifest.get("images") or {}).items():
-        if name in IMAGE_NAMES and isinstance(entry, dict):
-            try:
-                with Image.open(directory / f"{name}.png") as image:
-                    found.images[name] = image.convert("RGB")
-                found.records[name] = entry.get("record") if isinstance(entry.get("record"), dict) else None
-            except (OSError, ValueError) as error:
-                found.errors.append(f"{name}: unreadable PNG ({error})")
-    if manifest.get("adapter") and (directory / "adapter" / "adapter_config.json").is_file():
-        found.adapter_dir = directory / "adapter"
-    found.errors += [str(e) for e in manifest.get("errors") or []]
+    if not isinstance(manifest, dict):
+        found.errors.append("manifest.json was not written by the grader (not a JSON object)")
+        return found
+    images = manifest.get("images")
+    if not isinstance(images, dict):
+        images = {}
+    for name in IMAGE_NAMES:
+        entry = images.get(name)
+        if not isinstance(entry, dict):
+            continue
+        try:
+            with Image.open(directory / f"{name}.png", formats=["PNG"]) as image:
+                found.images[name] = image.convert("RGB")
+        except Exception as error:  # noqa: BLE001 — PIL raises many types (DecompressionBombError too)
+            found.errors.append(f"{name}: unreadable PNG ({type(error).__name__})")
+            continue
+        record = entry.get("record")
+        found.records[name] = record if isinstance(record, dict) else None
+    if manifest.get("adapter"):
+        problem = adapter_problem(directory / "adapter")
+        if problem is None:
+            found.adapter_dir = directory / "adapter"
+        else:
+            found.errors.append(f"adapter: {problem}")
+    errors = manifest.get("errors")
+    if isinstance(errors, list):
+        found.errors += [str(e)[:500] for e in errors[:20]]
     return found
+
+
+def adapter_problem(folder: Path) -> str | None:
+    """Why a saved PEFT adapter folder must not be loaded, or None: safetensors and JSON only
+    (never a pickle), a sane rank, a bounded size."""
+    config_path, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    try:
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    except OSError:
+        return "no adapter folder"
+    if pickles:
+        return f"{', '.join(pickles)}: the grader loads safetensors only, never pickles"
+    if not config_path.is_file() or not weights.is_file():
+        return "adapter_config.json or adapter_model.safetensors is missing"
+    if weights.stat().st_size > MAX_ADAPTER_BYTES:
+        return f"adapter_model.safetensors is over {MAX_ADAPTER_BYTES // 2**30} GB"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        return "adapter_config.json is not JSON"
+    if not isinstance(config, dict):
+        return "adapter_config.json is not a JSON object"
+    pattern = config.get("rank_pattern") or {}
+    ranks = [config.get("r")] + (list(pattern.values()) if isinstance(pattern, dict) else [None])
+    for rank in ranks:
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= MAX_RANK:
+            return f"rank {rank!r} is not an integer from 1 to {MAX_RANK}"
+    return None

@@ -89,7 +89,9 @@ def verify(
     expected_count = lab_utils.lora_parameter_count(base_unet, config.rank, config.targets)
 
     peft_unet: PeftModel | None = None
-    load_error: str | None = None
+    load_error: str | None = next(
+        (e.removeprefix("adapter: ") for e in artefacts.errors if e.startswith("adapter: ")), None
+    )
     if artefacts.adapter_dir is not None:
         try:
             peft_unet = PeftModel.from_pretrained(base_unet, artefacts.adapter_dir, is_trainable=True)
@@ -129,7 +131,7 @@ def _check_count(peft_unet, load_error, expected, required_names, config, missin
     if peft_unet is None:
         result.measured = "no adapter" if load_error is None else "adapter did not load"
         result.cause = (
-            f"the adapter does not fit this model: {load_error}"
+            f"the saved adapter cannot be used: {load_error}"
             if load_error
             else f"no LoRA adapter was found ({missing_why}): wrap the U-Net with "
             "get_peft_model(pipe.unet, LoraConfig(...)) and keep the result as `unet`"
@@ -206,12 +208,47 @@ def _check_gradients(pipe, peft_unet, config, missing_why) -> CheckResult:
     return result
 
 
-def _record(artefacts: Artefacts, name: str) -> GenerationRecord | None:
+MAX_STEPS = 200  # a forged record must not make the grader's regeneration run for hours
+
+
+def _record(artefacts: Artefacts, name: str) -> tuple[GenerationRecord | None, str | None]:
+    """The image's generation record, checked for type and range (the kernel could write anything)
+    and against the saved image's size; or the reason it cannot be used."""
     data = artefacts.records.get(name)
+    if not isinstance(data, dict):
+        return None, None
     try:
-        return GenerationRecord(**data) if isinstance(data, dict) else None
+        record = GenerationRecord(**data)
     except TypeError:
-        return None
+        return None, f"{name}'s generation record has unexpected fields"
+    checks = [
+        ("prompt", isinstance(record.prompt, str) and len(record.prompt) <= 2000),
+        ("seed", _is_int(record.seed) and 0 <= record.seed < 2**63),
+        ("steps", _is_int(record.steps) and 1 <= record.steps <= MAX_STEPS),
+        ("guidance", _is_number(record.guidance) and 0 <= record.guidance <= 50),
+        ("size", _is_int(record.size) and artefacts.images[name].size == (record.size, record.size)),
+        ("lora_scale", record.lora_scale is None or _scale_ok(record.lora_scale)),
+    ]
+    bad = [field for field, ok in checks if not ok]
+    if bad:
+        value = getattr(record, bad[0])
+        return None, (
+            f"{name}'s generation record is not one lab_utils.generate wrote ({bad[0]} = {str(value)[:40]!r} "
+            "is out of range or does not match the saved image)"
+        )
+    return record, None
+
+
+def _scale_ok(value) -> bool:
+    return _is_number(value) and abs(value) <= 10
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)) and math.isfinite(value)
 
 
 def _regenerate(pipe, peft_unet, record: GenerationRecord, adapted: bool):
@@ -239,7 +276,13 @@ def _check_pixels(pipe, peft_unet, artefacts: Artefacts, config, stopped) -> Che
             "`adapted_image`"
         )
         return result
-    base_record, adapted_record = _record(artefacts, "baseline_image"), _record(artefacts, "adapted_image")
+    (base_record, base_problem), (adapted_record, adapted_problem) = (
+        _record(artefacts, "baseline_image"),
+        _record(artefacts, "adapted_image"),
+    )
+    if base_problem or adapted_problem:
+        result.cause = f"inconsistent: {base_problem or adapted_problem}"
+        return result
     if base_record is None or adapted_record is None:
         result.cause = (
             "an image has no generation record: make both images with "

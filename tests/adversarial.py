@@ -200,6 +200,24 @@ for pid in visible:
             pass
 """
 
+FORGED_MANIFEST = """
+import json, os
+import grader.artefacts as ga
+def forged_save(directory, namespace):
+    os.makedirs(os.path.join(directory, "adapter"), exist_ok=True)
+    baseline_image.save(os.path.join(directory, "baseline_image.png"))
+    baseline_image.save(os.path.join(directory, "adapted_image.png"))
+    huge = {"prompt": PROMPT, "seed": 0, "steps": 10**9, "guidance": 7.5, "size": 100000}
+    images = {n: {"file": n + ".png", "record": huge} for n in ("baseline_image", "adapted_image")}
+    with open(os.path.join(directory, "adapter", "adapter_config.json"), "w") as f:
+        json.dump({"peft_type": "LORA", "r": 10**6, "lora_alpha": 1, "target_modules": ["to_q"]}, f)
+    with open(os.path.join(directory, "adapter", "adapter_model.bin"), "wb") as f:
+        f.write(b"a pickle the grader must never load")
+    with open(os.path.join(directory, "manifest.json"), "w") as f:
+        json.dump({"images": images, "adapter": "adapter", "errors": 7}, f)
+ga.save_artefacts = forged_save
+"""
+
 NETWORK = """
 import socket, urllib.request
 try:
@@ -335,6 +353,20 @@ CASES: list[Case] = [
         solution_with(LR0, after=ADAPTED, cell=PATCHED_SAVER),
         score=1,
         reasons={"adapter_gradients": LR0_CAUSE, "pixel_difference": INCONSISTENT},
+    ),
+    Case(
+        "forged manifest, pickled adapter and absurd generation records",
+        "writes its own manifest: a pickle as the adapter with rank 10^6, records asking for 10^9 steps "
+        "at 100,000 px — to make the trusted grader load a pickle, allocate or loop without bound",
+        cells(
+            "import lab_utils\npipe = lab_utils.load_pipeline('tiny')\nPROMPT = 'a red circle'\n"
+            "baseline_image = lab_utils.generate(pipe, PROMPT, seed=0, steps=5)",
+            FORGED_MANIFEST,
+        ),
+        reasons={
+            "parameter_count": "never pickles",
+            "pixel_difference": "generation record is not one lab_utils.generate wrote (steps",
+        },
     ),
     Case(
         "learning rate 0",

@@ -33,6 +33,16 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _short(text: str, limit: int = 110) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def _verdict(score: float, max_score: float, failure: str | None) -> str:
     return f"{score:g}/{max_score:g}" + (f" — {failure}" if failure else "")
 
@@ -58,7 +68,7 @@ def test_adversarial_submission(case: Case, tmp_path: Path) -> None:
         lines = result.stderr.strip().splitlines()
         record.update(
             verdict=f"rejected (exit {result.returncode})",
-            reason=lines[-1] if lines else "",
+            reason=_cell(_short(lines[-1].replace(str(path), "submission.ipynb"))) if lines else "",
             crash=result.returncode not in (1, 2) or "Traceback" in result.stderr,
             false_pass=result.returncode == 0,
         )
@@ -76,13 +86,12 @@ def test_adversarial_submission(case: Case, tmp_path: Path) -> None:
         raise
     failure = report.execution.get("failure")
     failed = [c for c in report.checks if not c.passed]
+    parts = [failure] if failure else []
+    parts += [note for note in report.notes if "output" in note]
+    parts += [f"{c.name}: {_short(c.cause)}" for c in failed if c.cause and c.cause != failure]
     record.update(
         verdict=_verdict(report.score, report.max_score, None),
-        reason="; ".join(
-            filter(None, [failure] + [f"{c.name}: {c.cause}" for c in failed if c.cause != failure])
-        )
-        .replace("|", "\\|")
-        .replace("\n", " ")[:300],
+        reason=_cell("; ".join(parts)),
         false_pass=report.passed or report.score > case.score,
     )
     # the verdict
@@ -177,6 +186,54 @@ def test_fuzz_notebook_reader(content: bytes) -> None:
         assert isinstance(nb, nbformat.NotebookNode)
         cell_steps(nb)  # what the grader does next with a notebook it accepted
         reflections(nb)
+
+
+record_values = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+records = st.dictionaries(
+    st.sampled_from(["prompt", "seed", "steps", "guidance", "size", "lora_scale", "extra"]), record_values
+)
+manifests = json_values | st.fixed_dictionaries(
+    {},
+    optional={
+        "images": st.dictionaries(
+            st.sampled_from(["baseline_image", "adapted_image", "other"]),
+            st.fixed_dictionaries({}, optional={"record": records | json_values}) | json_values,
+        ),
+        "adapter": json_values,
+        "errors": json_values,
+    },
+)
+
+
+@FUZZ_SETTINGS
+@given(manifest=manifests, pngs=st.booleans(), adapter_config=json_values, pickle=st.booleans())
+def test_fuzz_artefact_reader(manifest, pngs: bool, adapter_config, pickle: bool) -> None:
+    """The artefact folder is writable by the kernel: whatever is in it, reading it never raises,
+    never accepts a pickle, and a record is either rejected or within range."""
+    from PIL import Image
+
+    from grader.artefacts import read_artefacts
+    from grader.checks import MAX_STEPS, _record
+
+    _count("artefact reader (forged manifests, records, adapter configs)")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        if pngs:
+            for name in ("baseline_image", "adapted_image"):
+                Image.new("RGB", (64, 64)).save(folder / f"{name}.png")
+        (folder / "adapter").mkdir()
+        (folder / "adapter" / "adapter_config.json").write_text(json.dumps(adapter_config))
+        (folder / "adapter" / "adapter_model.safetensors").write_bytes(b"")
+        if pickle:
+            (folder / "adapter" / "adapter_model.bin").write_bytes(b"")
+        found = read_artefacts(folder)
+        assert not (pickle and found.adapter_dir is not None)
+        for name in found.images:
+            record, problem = _record(found, name)
+            assert record is None or (
+                problem is None and 1 <= record.steps <= MAX_STEPS and record.size == 64
+            )
 
 
 def _toml_value(value) -> str:

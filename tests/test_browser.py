@@ -121,13 +121,17 @@ def browser():
 
 
 def run_all(page, lab: str, notebook: str, timeout_s: float = 420) -> None:
-    """Open ``notebook``, restart the kernel and run every cell; wait until execution stops."""
+    """Open ``notebook`` in a fresh kernel and run every cell; wait until execution stops.
+
+    Run → Run All Cells on the kernel the page just started: "Restart Kernel and Run All" replaces
+    the kernel's websocket, and jupyter_server sometimes fails to decode the browser's first message
+    on the replaced connection ("struct.error: unpack requires a buffer"), leaving the page waiting
+    for a kernel it is no longer connected to."""
     page.goto(f"{lab}/lab/tree/{notebook}?reset&token={TOKEN}")
     page.wait_for_selector(f"{PANEL} .jp-Notebook", timeout=90_000)
     page.wait_for_selector(f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-    page.click("text=Kernel")
-    page.click("text=Restart Kernel and Run All Cells…")
-    page.click(".jp-Dialog .jp-mod-accept")
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
     deadline = time.monotonic() + timeout_s
     time.sleep(2)
     while time.monotonic() < deadline:
