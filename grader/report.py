@@ -35,6 +35,13 @@ def print_report(report: GradeReport, console: Console | None = None) -> None:
     print_checks(report.checks, f"{report.notebook}  (model: {report.model})", console)
     if report.execution.get("failure"):
         console.print(f"[yellow]{report.execution['failure']}[/]", highlight=False)
+    for note in report.notes:
+        console.print(f"[dim]note: {note}[/]", highlight=False)
+    gaps = report.execution.get("isolation_gaps") or []
+    if gaps:  # the instructor should know what this machine could not enforce
+        console.print(
+            f"[dim]sandbox {report.execution.get('sandbox')}: {'; '.join(gaps)}[/]", highlight=False
+        )
     verdict = "[green]all checks passed[/]" if report.passed else "[red]some checks failed[/]"
     console.print(f"score {report.score:g}/{report.max_score:g} — {verdict} ({report.seconds:.1f} s)")
 

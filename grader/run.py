@@ -133,12 +133,12 @@ def kernel_environment(model: str) -> dict[str, str]:
     model files already are (the kernel has no network and its own HOME)."""
     from huggingface_hub import constants
 
-    from lab_utils.tiny import _cache_root
+    from lab_utils.tiny import cache_root
 
     return {
         MODEL_ENV: model,
         "MPLBACKEND": os.environ.get("MPLBACKEND", "module://matplotlib_inline.backend_inline"),
-        "SD_LORA_LAB_CACHE": str(_cache_root()),
+        "SD_LORA_LAB_CACHE": str(cache_root()),
         "HF_HOME": str(constants.HF_HOME),
         "HF_HUB_CACHE": str(constants.HF_HUB_CACHE),
     }

@@ -74,7 +74,8 @@ def _has_weights(folder: Path) -> bool:
     return any((folder / "unet").glob("*.safetensors"))
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
+    """Where seeded builds of ``tiny`` are cached: ``$SD_LORA_LAB_CACHE``, else ~/.cache/sd-lora-lab."""
     root = os.environ.get("SD_LORA_LAB_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "sd-lora-lab"
     )
@@ -97,7 +98,7 @@ def tiny_model_dir() -> Path:
     """The folder to load ``tiny`` from: the package's own weights, or a seeded build cached once."""
     if _has_weights(TINY_MODEL_DIR):
         return TINY_MODEL_DIR
-    target = _cache_root() / f"tiny-{config_fingerprint()}"
+    target = cache_root() / f"tiny-{config_fingerprint()}"
     if not _has_weights(target):
         _build_into(target)
     return target

@@ -116,3 +116,23 @@ def test_gpu_memory_fraction_is_applied_in_the_kernel(tmp_path):
     nbformat.write(nbformat.v4.new_notebook(cells=[cell]), path)
     grade_notebook(path, config=GradingConfig(sandbox="basic", gpu_memory_fraction=0.25))
     assert float(result.read_text()) == pytest.approx(0.25)
+
+
+def test_cli_names_the_sandbox_and_what_it_could_not_enforce(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "empty.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('hello')")]), path)
+    result = subprocess.run(
+        [sys.executable, "-m", "grader", str(path), "--sandbox", "basic"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr  # no work done: checks fail
+    assert "sandbox basic: filesystem not isolated" in result.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "grader", str(path), "--sandbox", "docker"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "invalid choice: 'docker'" in bad.stderr
