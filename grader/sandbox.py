@@ -8,7 +8,8 @@ limits and cuts the network, then becomes the kernel (``exec``):
 mode       what the kernel gets
 ========== ====================================================================================
 bwrap      bubblewrap (``apt install bubblewrap``): a read-only view of the whole filesystem except
-           the run's private folder, a fresh /tmp, its own PID, IPC and network namespaces (no
+           the run's private folder (its TMPDIR too: /tmp stays read-only, since the environment
+           may live there), its own PID, IPC and network namespaces (no
            network at all), every capability dropped — it cannot see, signal or alter the grader.
 basic      a scrubbed environment, a private working and temporary folder, resource limits, and a
            new network namespace where the OS allows it (root or user namespaces); the filesystem
@@ -307,8 +308,6 @@ def _bwrap_argv(spec: dict) -> list[str]:
         "/dev/shm",
         "--proc",
         "/proc",
-        "--tmpfs",
-        "/tmp",
     ]
     for device in sorted(Path("/dev").glob("nvidia*")) + [Path("/dev/dri")]:
         if device.exists():

@@ -63,8 +63,7 @@ def test_each_mode_scrubs_the_environment_cuts_the_network_and_reports_its_gaps(
         if os.geteuid() == 0:  # a new network namespace needs root or user namespaces
             assert found["network"] != "open" and not any("network" in g for g in gaps)
     else:
-        # the probe cannot write its result outside the sandbox: that write is the failure (pytest's
-        # folders are under /tmp, which the kernel sees as its own empty tmpfs)
+        # the probe cannot write its result outside the sandbox: that write is the failure
         failure = report.execution["failure"]
         assert "Read-only file system" in failure or "No such file or directory" in failure, failure
         assert canary.read_text() == "untouched" and not result.exists()
