@@ -43,10 +43,6 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _verdict(score: float, max_score: float, failure: str | None) -> str:
-    return f"{score:g}/{max_score:g}" + (f" — {failure}" if failure else "")
-
-
 @pytest.mark.notebook
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_adversarial_submission(case: Case, tmp_path: Path) -> None:
@@ -90,7 +86,7 @@ def test_adversarial_submission(case: Case, tmp_path: Path) -> None:
     parts += [note for note in report.notes if "output" in note]
     parts += [f"{c.name}: {_short(c.cause)}" for c in failed if c.cause and c.cause != failure]
     record.update(
-        verdict=_verdict(report.score, report.max_score, None),
+        verdict=f"{report.score:g}/{report.max_score:g}",
         reason=_cell("; ".join(parts)),
         false_pass=report.passed or report.score > case.score,
     )

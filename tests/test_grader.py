@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
+from adversarial import solution_with
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "notebooks" / "sd_lora_lab_solution.ipynb"
@@ -33,21 +33,8 @@ def run_grader(*args: str) -> subprocess.CompletedProcess:
 
 def variant(tmp_path: Path, *edits: tuple[str, str], extra_after: str | None = None, extra: str = "") -> Path:
     """The solution notebook with text replacements (each must apply) and optionally a cell added
-    after the first cell containing ``extra_after``."""
-    nb = nbformat.read(SOLUTION, as_version=4)
-    for old, new in edits:
-        hits = [c for c in nb.cells if old in c.source]
-        assert hits, f"edit target not found: {old!r}"
-        for cell in hits:
-            cell.source = cell.source.replace(old, new)
-    if extra_after is not None:
-        index = next(i for i, c in enumerate(nb.cells) if extra_after in c.source)
-        cell = nbformat.v4.new_code_cell(extra)
-        cell.metadata["lab"] = dict(nb.cells[index].metadata.get("lab", {}))
-        nb.cells.insert(index + 1, cell)
-    path = tmp_path / "submission.ipynb"
-    nbformat.write(nb, path)
-    return path
+    after the first cell containing ``extra_after`` (tests/adversarial.py builds it)."""
+    return solution_with(*edits, after=extra_after, cell=extra)(tmp_path)
 
 
 def test_solution_passes_every_check_through_the_cli(tmp_path):
