@@ -40,6 +40,8 @@ def model_identity(model: str) -> dict:
     spec = resolve_model(model)
     if spec.kind == "hub":
         return {"model": model, "kind": "hub", "hash": None}
+    if spec.kind == "sd15-arch":  # built from configs in code: the package version identifies it
+        return {"model": model, "kind": spec.kind, "hash": None}
     folder = tiny_model_dir() if spec.kind == "tiny" else Path(spec.source)
     digest = hashlib.sha256()
     files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())

@@ -18,10 +18,12 @@ with a matching shape, or one LabError lists what did not, grouped by block, wit
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
 import tempfile
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -379,7 +381,18 @@ def load_lora(pipe, path: str | os.PathLike[str], adapter_name: str = "default")
         LabError: keys that land nowhere or do not fit (by block, with the likely cause).
     """
     adapter, mapping = read_adapter(path, pipe.unet)
-    pipe.load_lora_weights(kohya_state(adapter, mapping), adapter_name=adapter_name)
+    # Two notices that do not apply after the strict check: PEFT's "multiple adapters" warning (a
+    # second named adapter is what hot-swapping means) and diffusers' "no text-encoder keys" (the
+    # lab's adapters are U-Net only).
+    lora_base = logging.getLogger("diffusers.loaders.lora_base")
+    level = lora_base.level
+    lora_base.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            pipe.load_lora_weights(kohya_state(adapter, mapping), adapter_name=adapter_name)
+    finally:
+        lora_base.setLevel(level)
     return adapter
 
 

@@ -11,6 +11,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from lab_utils.errors import LabError
+from lab_utils.sd15 import SD15_ARCH, sd15_pipeline
 from lab_utils.tiny import tiny_model_dir
 
 MODEL_ENV = "SD_LORA_LAB_MODEL"
@@ -63,6 +64,8 @@ def resolve_model(model: str, config: str | os.PathLike[str] | None = None) -> M
     path = Path(model).expanduser()
     if model == "tiny":
         return ModelSpec("tiny", model)
+    if model == SD15_ARCH:
+        return ModelSpec("sd15-arch", model)
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise LabError(
@@ -91,7 +94,7 @@ def resolve_model(model: str, config: str | os.PathLike[str] | None = None) -> M
             )
         return ModelSpec("hub", model)
     raise LabError(
-        f"model '{model}' not found: give 'tiny', a local diffusers folder, a single-file "
+        f"model '{model}' not found: give 'tiny', 'sd15-arch', a local diffusers folder, a single-file "
         f"checkpoint, or a hub id (set {MODEL_ENV} or --model)"
     )
 
@@ -105,7 +108,8 @@ def load_pipeline(
     """Load a Stable Diffusion pipeline, ready to generate, with every weight frozen.
 
     Args:
-        model: ``"tiny"`` (the built-in miniature SD, no download); a local diffusers folder
+        model: ``"tiny"`` (the built-in miniature SD, no download); ``"sd15-arch"`` (SD 1.5's
+            architecture with seeded random weights, for speed checks: noise images); a local diffusers folder
             (SD 1.5 on a pod); a single-file ``.safetensors``/``.ckpt`` checkpoint (needs
             ``config``); or a hub id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``
             (needs the network, or the hub cache when ``HF_HUB_OFFLINE=1``).
@@ -122,6 +126,8 @@ def load_pipeline(
     kwargs = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
     if spec.kind == "tiny":
         pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir(), local_files_only=True, **kwargs)
+    elif spec.kind == "sd15-arch":
+        pipe = sd15_pipeline(device, dtype)
     elif spec.kind == "folder":
         pipe = _catching(
             model, StableDiffusionPipeline.from_pretrained, spec.source, local_files_only=True, **kwargs

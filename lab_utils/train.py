@@ -11,7 +11,7 @@ from diffusers import DDPMScheduler
 from PIL import Image
 
 from lab_utils.errors import out_of_memory_hint
-from lab_utils.lora import adapter_grad_norms, lora_parameters
+from lab_utils.lora import lora_parameters
 
 
 @dataclass
@@ -77,6 +77,9 @@ def train_lora(
 
 
 def _train_steps(unet, scheduler, latents, text_embeddings, optimizer, generator, steps, result) -> None:
+    names = list(lora_parameters(unet))
+    params = list(lora_parameters(unet).values())
+    losses, norms = [], []  # kept on the device: one host sync at the end, none per step
     for _ in range(steps):
         # forward: noise the clean latents at a random timestep
         noise = torch.randn(latents.shape, generator=generator).to(latents)
@@ -92,6 +95,20 @@ def _train_steps(unet, scheduler, latents, text_embeddings, optimizer, generator
         # backward and step
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        result.grad_norm_history.append(adapter_grad_norms(unet))
+        norms.append(_grad_norms(params))
         optimizer.step()
-        result.loss_history.append(loss.item())
+        losses.append(loss.detach())
+    if losses:
+        result.loss_history.extend(torch.stack(losses).cpu().tolist())
+        for row in torch.stack(norms).cpu().tolist():
+            result.grad_norm_history.append(dict(zip(names, row, strict=True)))
+
+
+def _grad_norms(params: list[torch.Tensor]) -> torch.Tensor:
+    """Each parameter's gradient L2 norm (0 where there is none), as one fp32 tensor on the device."""
+    return torch.stack(
+        [
+            p.grad.detach().float().norm() if p.grad is not None else p.new_zeros((), dtype=torch.float32)
+            for p in params
+        ]
+    )

@@ -1,0 +1,126 @@
+"""Benchmark: batch grading throughput, one submission at a time against concurrent workers.
+
+    python benchmarks/grading_throughput.py [--submissions 10] [--workers 2] [--serial 3] [--model tiny]
+
+Copies of the solution notebook are graded with ``python -m grader batch``: first ``--serial`` of
+them with one worker (the reference, measured in the same run), then all ``--submissions`` with
+``--workers`` concurrent workers. Reports wall time, submissions per hour and the ratio. The model
+cache is built before either timing starts. Target on the 2-core CPU: 10 submissions with 2
+workers ≤ 6 min; on one GPU: ≥ 4× the serial submissions/hour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import SOLUTION, report
+
+
+def grade_batch(folder: Path, output: Path, workers: int, model: str, env: dict) -> float:
+    start = time.perf_counter()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grader",
+            "batch",
+            str(folder),
+            "-o",
+            str(output),
+            "--workers",
+            str(workers),
+            "--model",
+            model,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(
+            f"batch with {workers} worker(s) failed (exit {result.returncode}):\n{result.stdout}{result.stderr}"
+        )
+    results = [json.loads(p.read_text()) for p in output.glob("*/results.json")]
+    if any(r["score"] != r["max_score"] for r in results):
+        sys.exit(f"a copy of the solution did not get full marks: see {output}")
+    scores = [r["score"] for r in results]
+    if len(scores) != len(list(folder.glob("*.ipynb"))):
+        sys.exit(
+            f"batch with {workers} worker(s) wrote {len(scores)} results for {len(list(folder.glob('*.ipynb')))} notebooks"
+        )
+    return wall
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--submissions", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--serial", type=int, default=3, help="submissions graded one at a time (reference)")
+    parser.add_argument("--model", default="tiny")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        env = {**os.environ, "SD_LORA_LAB_CACHE": str(root / "cache"), "HF_HUB_OFFLINE": "1"}
+        subprocess.run(
+            [sys.executable, "-c", "from lab_utils.tiny import tiny_model_dir; tiny_model_dir()"],
+            env=env,
+            check=True,
+        )
+        folders = {}
+        for name, count in (("serial", args.serial), ("concurrent", args.submissions)):
+            folders[name] = root / name
+            folders[name].mkdir()
+            for index in range(count):
+                shutil.copy(SOLUTION, folders[name] / f"learner{index:03d}.ipynb")
+        serial = grade_batch(folders["serial"], root / "out-serial", 1, args.model, env)
+        concurrent = grade_batch(
+            folders["concurrent"], root / "out-concurrent", args.workers, args.model, env
+        )
+    serial_rate = 3600 * args.serial / serial
+    rate = 3600 * args.submissions / concurrent
+    rows = [
+        [
+            f"1 worker, {args.serial} submissions",
+            round(serial, 1),
+            round(serial / args.serial, 1),
+            round(serial_rate),
+            1.0,
+        ],
+        [
+            f"{args.workers} workers, {args.submissions} submissions",
+            round(concurrent, 1),
+            round(concurrent / args.submissions, 1),
+            round(rate),
+            round(rate / serial_rate, 2),
+        ],
+    ]
+    return report(
+        "grading throughput",
+        ["batch", "wall s", "s/submission", "submissions/h", "vs serial"],
+        rows,
+        {
+            "model": args.model,
+            "serial_submissions": args.serial,
+            "serial_wall_s": round(serial, 1),
+            "submissions": args.submissions,
+            "workers": args.workers,
+            "concurrent_wall_s": round(concurrent, 1),
+            "serial_per_hour": round(serial_rate),
+            "concurrent_per_hour": round(rate),
+            "ratio": round(rate / serial_rate, 3),
+            "target_cpu_wall_s": 360,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
