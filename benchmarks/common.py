@@ -70,7 +70,7 @@ def report(scenario: str, columns: list[str], rows: list[list], summary: dict) -
     """Print a plain table, then one JSON line: scenario, hardware and ``summary``."""
     cells = [columns] + [[_cell(v) for v in row] for row in rows]
     widths = [max(len(str(r[i])) for r in cells) for i in range(len(columns))]
-    for index, row in enumerate(cells):
+    for row in cells:
         print(
             "  ".join(
                 str(v).ljust(w) if i == 0 else str(v).rjust(w)

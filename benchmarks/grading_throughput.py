@@ -47,16 +47,14 @@ def grade_batch(folder: Path, output: Path, workers: int, model: str, env: dict)
     wall = time.perf_counter() - start
     if result.returncode != 0:
         sys.exit(
-            f"batch with {workers} worker(s) failed (exit {result.returncode}):\n{result.stdout}{result.stderr}"
+            f"batch ({workers} workers) failed, exit {result.returncode}:\n{result.stdout}{result.stderr}"
         )
     results = [json.loads(p.read_text()) for p in output.glob("*/results.json")]
     if any(r["score"] != r["max_score"] for r in results):
         sys.exit(f"a copy of the solution did not get full marks: see {output}")
-    scores = [r["score"] for r in results]
-    if len(scores) != len(list(folder.glob("*.ipynb"))):
-        sys.exit(
-            f"batch with {workers} worker(s) wrote {len(scores)} results for {len(list(folder.glob('*.ipynb')))} notebooks"
-        )
+    notebooks = len(list(folder.glob("*.ipynb")))
+    if len(results) != notebooks:
+        sys.exit(f"batch ({workers} workers) wrote {len(results)} results for {notebooks} notebooks")
     return wall
 
 

@@ -24,36 +24,51 @@ from nbclient import NotebookClient
 
 from grader.run import cell_steps
 
-PLAIN_CELLS = {  # step -> source; the seed lab as the docs write it
-    None: "import torch, torch.nn.functional as F\nfrom peft import LoraConfig, get_peft_model\nimport lab_utils\n"
-    "MODEL = lab_utils.model_from_env()\nPROMPT = lab_utils.TRAIN_PROMPT",
-    1: "pipe = lab_utils.load_pipeline(MODEL)\n"
-    "baseline = pipe(PROMPT, num_inference_steps=30, generator=torch.Generator('cpu').manual_seed(0)).images[0]",
-    2: "unet = get_peft_model(pipe.unet, LoraConfig(r=4, lora_alpha=4, target_modules=['to_q', 'to_k', 'to_v', 'to_out.0']))",
-    3: "image, prompt = lab_utils.training_example(lab_utils.native_size(pipe))\n"
-    "scheduler = lab_utils.training_scheduler(pipe)\n"
-    "optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-3)\n"
-    "unet.train()\n"
-    "for step in range(30):\n"
-    "    latents = lab_utils.encode_image(pipe, image)\n"
-    "    embeddings = lab_utils.encode_prompt(pipe, prompt)\n"
-    "    noise = torch.randn_like(latents)\n"
-    "    t = torch.randint(0, 1000, (1,), device=latents.device)\n"
-    "    pred = unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=embeddings).sample\n"
-    "    loss = F.mse_loss(pred.float(), noise.float())\n"
-    "    optimizer.zero_grad(); loss.backward(); optimizer.step()\n"
-    "    print(step, loss.item())\n"
-    "unet.eval()",
-    4: "adapted = pipe(PROMPT, num_inference_steps=30, generator=torch.Generator('cpu').manual_seed(0)).images[0]\n"
-    "unet.save_pretrained('plain-lora')",
-}
+SEED_LAB = (  # the seed lab as the diffusers/PEFT docs write it, one cell per step
+    """
+import torch, torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+import lab_utils
+MODEL, PROMPT = lab_utils.model_from_env(), lab_utils.TRAIN_PROMPT
+""",
+    """
+pipe = lab_utils.load_pipeline(MODEL)
+seed = torch.Generator("cpu").manual_seed(0)
+baseline = pipe(PROMPT, num_inference_steps=30, generator=seed).images[0]
+""",
+    """
+targets = ["to_q", "to_k", "to_v", "to_out.0"]
+unet = get_peft_model(pipe.unet, LoraConfig(r=4, lora_alpha=4, target_modules=targets))
+""",
+    """
+image, prompt = lab_utils.training_example(lab_utils.native_size(pipe))
+scheduler = lab_utils.training_scheduler(pipe)
+optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-3)
+unet.train()
+for step in range(30):
+    latents = lab_utils.encode_image(pipe, image)
+    embeddings = lab_utils.encode_prompt(pipe, prompt)
+    noise = torch.randn_like(latents)
+    t = torch.randint(0, 1000, (1,), device=latents.device)
+    pred = unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=embeddings).sample
+    loss = F.mse_loss(pred.float(), noise.float())
+    optimizer.zero_grad(); loss.backward(); optimizer.step()
+    print(step, loss.item())
+unet.eval()
+""",
+    """
+seed = torch.Generator("cpu").manual_seed(0)
+adapted = pipe(PROMPT, num_inference_steps=30, generator=seed).images[0]
+unet.save_pretrained("plain-lora")
+""",
+)
 
 
 def plain_notebook() -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
-    for step, source in PLAIN_CELLS.items():
-        cell = nbformat.v4.new_code_cell(source)
-        if step is not None:
+    for step, source in enumerate(SEED_LAB):
+        cell = nbformat.v4.new_code_cell(source.strip())
+        if step:
             cell.metadata["lab"] = {"step": step}
         nb.cells.append(cell)
     return nb

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,7 +105,7 @@ def _train_steps(unet, scheduler, latents, text_embeddings, optimizer, generator
             result.grad_norm_history.append(dict(zip(names, row, strict=True)))
 
 
-def _grad_norms(params: list[torch.Tensor]) -> torch.Tensor:
+def _grad_norms(params: Sequence[torch.Tensor]) -> torch.Tensor:
     """Each parameter's gradient L2 norm (0 where there is none), as one fp32 tensor on the device."""
     return torch.stack(
         [
