@@ -12,6 +12,7 @@ no network, no weights.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -64,6 +65,36 @@ class Attributes:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+_CAPTION = re.compile(
+    r"^a (?P<size>\w+) (?P<colour>\w+) (?P<shape>\w+) on a (?P<background>\w+) background, "
+    r"(?P<position>[a-z ]+?)(?P<styled> " + re.escape(STYLE_TRIGGER) + r")?$"
+)
+
+
+def parse_caption(caption: str) -> Attributes | None:
+    """The attributes a world caption asks for, or ``None`` for any other text."""
+    match = _CAPTION.match(caption.strip())
+    if match is None:
+        return None
+    fields = match.groupdict()
+    attributes = Attributes(
+        fields["shape"],
+        fields["colour"],
+        fields["background"],
+        fields["size"],
+        fields["position"],
+        styled=fields["styled"] is not None,
+    )
+    known = (
+        attributes.shape in SHAPES
+        and attributes.colour in OBJECT_COLOURS
+        and attributes.background in BACKGROUND_COLOURS
+        and attributes.size in SIZES
+        and attributes.position in POSITIONS
+    )
+    return attributes if known else None
 
 
 def all_attributes(styled: bool = False) -> list[Attributes]:
