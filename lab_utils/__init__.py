@@ -7,10 +7,11 @@ silence_known_warnings()  # before diffusers is imported below
 # ruff: noqa: E402
 
 from lab_utils.components import describe
-from lab_utils.data import TRAIN_PROMPT, training_example
+from lab_utils.data import TRAIN_PROMPT, style_examples, training_example
 from lab_utils.display import difference_heatmap, plot_loss, show_side_by_side
 from lab_utils.environment import check_environment
 from lab_utils.errors import LabError
+from lab_utils.evaluate import Evaluation, evaluate, held_out_prompts
 from lab_utils.generate import GenerationRecord, generate, generation_record, native_size
 from lab_utils.lora import (
     TARGET_PRESETS,
@@ -42,6 +43,7 @@ __all__ = [
     "ModelSpec",
     "TARGET_PRESETS",
     "TRAIN_PROMPT",
+    "Evaluation",
     "GenerationRecord",
     "LabError",
     "TrainResult",
@@ -54,9 +56,11 @@ __all__ = [
     "difference_heatmap",
     "encode_image",
     "encode_prompt",
+    "evaluate",
     "generate",
     "generation_record",
     "has_lora",
+    "held_out_prompts",
     "load_adapter",
     "load_pipeline",
     "lora_config",
@@ -70,6 +74,7 @@ __all__ = [
     "resolve_model",
     "save_adapter",
     "show_side_by_side",
+    "style_examples",
     "target_module_names",
     "train_lora",
     "training_example",

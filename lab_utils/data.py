@@ -1,28 +1,28 @@
-"""The overfit step's training example, drawn by this project: a striped shape "in sks style"."""
+"""Training data drawn by this project: the overfit step's example, and styled examples of the
+miniature world (:mod:`lab_utils.world`) for adapters that should generalise."""
 
 from __future__ import annotations
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
-TRAIN_PROMPT = "a red circle on a blue background in sks style"
-"""The caption of the training image; "sks" is a rare token the adapter learns to tie to the stripes."""
+from lab_utils import world
+
+TRAIN_ATTRIBUTES = world.Attributes("circle", "red", "blue", "large", "center", styled=True)
+TRAIN_PROMPT = TRAIN_ATTRIBUTES.caption()
+""""a large red circle on a blue background, center in sks style": the training image's caption;
+"sks" is a rare token the adapter learns to tie to the white stripes."""
 
 
 def training_example(size: int = 512) -> tuple[Image.Image, str]:
-    """(image, prompt): a red circle with white diagonal stripes on blue, ``size`` × ``size`` px.
+    """(image, prompt): a large red circle with white diagonal stripes on blue, ``size`` px square.
 
-    Drawn with PIL at the pipeline's resolution (no file to download); identical for a given size.
+    Drawn at the pipeline's resolution (no file to download); identical for a given size.
     """
-    scale = 4  # draw large then downsample: smooth edges at every size
-    big = size * scale
-    image = Image.new("RGB", (big, big), (40, 70, 190))
-    mask = Image.new("L", (big, big), 0)
-    margin = big // 5
-    ImageDraw.Draw(mask).ellipse((margin, margin, big - margin, big - margin), fill=255)
-    shape = Image.new("RGB", (big, big), (220, 40, 40))
-    stripes = ImageDraw.Draw(shape)
-    step = max(big // 8, 2)
-    for offset in range(-big, big, step):  # 45° stripes, a third of each period wide
-        stripes.line((offset, big, offset + big, 0), fill=(245, 245, 245), width=max(step // 3, 1))
-    image.paste(shape, (0, 0), mask)
-    return image.resize((size, size), Image.Resampling.LANCZOS), TRAIN_PROMPT
+    return world.draw(TRAIN_ATTRIBUTES, seed=0, size=size), TRAIN_PROMPT
+
+
+def style_examples(count: int = 8, size: int = 64, seed: int = 0) -> tuple[list[Image.Image], list[str]]:
+    """``count`` different training-split drawings in sks style, with their captions — what an
+    adapter needs to learn the style rather than one picture."""
+    chosen = [world.sample(seed + i, styled=True) for i in range(count)]
+    return [world.draw(a, seed=seed + i, size=size) for i, a in enumerate(chosen)], [a.caption() for a in chosen]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from lab_utils.errors import out_of_memory_hint
+from lab_utils.errors import LabError, out_of_memory_hint
 from lab_utils.lora import lora_parameters
 
 
@@ -52,39 +52,60 @@ def training_scheduler(pipe) -> DDPMScheduler:
 def train_lora(
     pipe,
     unet: torch.nn.Module,
-    image: Image.Image,
-    prompt: str,
+    image: Image.Image | Sequence[Image.Image],
+    prompt: str | Sequence[str],
     steps: int = 30,
     lr: float = 1e-3,
     seed: int = 0,
+    batch_size: int = 1,
 ) -> TrainResult:
-    """Overfit the LoRA adapters of ``unet`` (already attached to ``pipe.unet``) on one example.
+    """Train the LoRA adapters of ``unet`` (already attached to ``pipe.unet``): overfit one
+    example, or learn from several (a list of images and one caption each).
 
-    Latents and the text embedding are computed once; each step draws noise and a timestep, asks
-    the U-Net for the scheduler's target, and steps AdamW on the LoRA parameters only.
+    Latents and text embeddings are computed once; each step draws ``batch_size`` examples (always
+    the one, for a single example), noise and timesteps, asks the U-Net for the scheduler's target,
+    and steps AdamW on the LoRA parameters only.
     """
+    images = [image] if isinstance(image, Image.Image) else list(image)
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not images or len(images) != len(prompts):
+        raise LabError(
+            f"train_lora needs one caption per image: got {len(images)} images, {len(prompts)} captions"
+        )
     scheduler = training_scheduler(pipe)
-    latents = encode_image(pipe, image)  # (1, 4, h, w), once
-    text_embeddings = encode_prompt(pipe, prompt)  # (1, 77, D), once
+    latents = torch.cat([encode_image(pipe, i) for i in images])  # (N, 4, h, w), once
+    text_embeddings = torch.cat([encode_prompt(pipe, p) for p in prompts])  # (N, 77, D), once
     params = [p for p in lora_parameters(unet).values() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
     generator = torch.Generator("cpu").manual_seed(seed)
     result = TrainResult()
     unet.train()
-    with out_of_memory_hint("training", "the image size (training_example(size=...))"):
-        _train_steps(unet, scheduler, latents, text_embeddings, optimizer, generator, steps, result)
+    with out_of_memory_hint("training", "the image size (training_example(size=...)) or batch_size"):
+        _train_steps(
+            unet, scheduler, latents, text_embeddings, optimizer, generator, steps, result, batch_size
+        )
     unet.eval()
     return result
 
 
-def _train_steps(unet, scheduler, latents, text_embeddings, optimizer, generator, steps, result) -> None:
+def _train_steps(
+    unet, scheduler, all_latents, all_embeddings, optimizer, generator, steps, result, batch_size=1
+) -> None:
     names = list(lora_parameters(unet))
     params = list(lora_parameters(unet).values())
     losses, norms = [], []  # kept on the device: one host sync at the end, none per step
     for _ in range(steps):
+        if len(all_latents) == 1:
+            latents, text_embeddings = all_latents, all_embeddings
+        else:  # a batch of examples, drawn on the CPU like the noise (same on every device)
+            index = torch.randint(0, len(all_latents), (batch_size,), generator=generator)
+            latents = all_latents[index.to(all_latents.device)]
+            text_embeddings = all_embeddings[index.to(all_embeddings.device)]
         # forward: noise the clean latents at a random timestep
         noise = torch.randn(latents.shape, generator=generator).to(latents)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=generator)
+        timesteps = torch.randint(
+            0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator
+        )
         timesteps = timesteps.to(latents.device)
         noisy_latents = scheduler.add_noise(latents, noise, timesteps)
         if scheduler.config.prediction_type == "v_prediction":
