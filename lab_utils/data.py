@@ -25,4 +25,5 @@ def style_examples(count: int = 8, size: int = 64, seed: int = 0) -> tuple[list[
     """``count`` different training-split drawings in sks style, with their captions — what an
     adapter needs to learn the style rather than one picture."""
     chosen = [world.sample(seed + i, styled=True) for i in range(count)]
-    return [world.draw(a, seed=seed + i, size=size) for i, a in enumerate(chosen)], [a.caption() for a in chosen]
+    images = [world.draw(a, seed=seed + i, size=size) for i, a in enumerate(chosen)]
+    return images, [a.caption() for a in chosen]
