@@ -8,7 +8,7 @@ silence_known_warnings()  # before diffusers is imported below
 
 from lab_utils.components import describe
 from lab_utils.data import TRAIN_PROMPT, style_examples, training_example
-from lab_utils.display import difference_heatmap, plot_loss, show_side_by_side
+from lab_utils.display import difference_heatmap, image_strip, plot_loss, show_side_by_side
 from lab_utils.environment import check_environment
 from lab_utils.errors import LabError
 from lab_utils.evaluate import Evaluation, evaluate, held_out_prompts
@@ -60,6 +60,7 @@ __all__ = [
     "generate",
     "generation_record",
     "has_lora",
+    "image_strip",
     "held_out_prompts",
     "load_adapter",
     "load_pipeline",

@@ -23,17 +23,8 @@ def show_side_by_side(
 ) -> Image.Image:
     """One image: baseline | adapted | difference heatmap, each titled (mean_abs_diff in the third)."""
     score = mean_abs_diff(base, adapted)
-    panels = [_to_image(base), _to_image(adapted), difference_heatmap(base, adapted)]
-    labels = [titles[0], titles[1], f"|difference|  mean {score:.2f}/255"]
-    side = max(_MIN_PANEL, panels[0].width)
-    header = 18
-    canvas = Image.new("RGB", (3 * side + 20, side + header), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i, (panel, label) in enumerate(zip(panels, labels, strict=True)):
-        x = i * (side + 10)
-        canvas.paste(panel.resize((side, side), Image.Resampling.NEAREST), (x, header))
-        draw.text((x + 2, 3), label, fill="black")
-    return canvas
+    panels = [base, adapted, difference_heatmap(base, adapted)]
+    return image_strip(panels, [titles[0], titles[1], f"|difference|  mean {score:.2f}/255"])
 
 
 def plot_loss(losses: list[float], title: str = "LoRA overfit loss"):
@@ -55,3 +46,17 @@ def _to_image(image: ImageLike) -> Image.Image:
         if isinstance(image, Image.Image)
         else Image.fromarray(to_array(image).astype(np.uint8))
     )
+
+
+def image_strip(images: list[ImageLike], labels: list[str]) -> Image.Image:
+    """Images side by side, each titled (e.g. a LoRA scale sweep)."""
+    panels = [_to_image(i) for i in images]
+    side = max(_MIN_PANEL, panels[0].width)
+    header = 18
+    canvas = Image.new("RGB", (len(panels) * (side + 10) - 10, side + header), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (panel, label) in enumerate(zip(panels, labels, strict=True)):
+        x = i * (side + 10)
+        canvas.paste(panel.resize((side, side), Image.Resampling.NEAREST), (x, header))
+        draw.text((x + 2, 3), label, fill="black")
+    return canvas

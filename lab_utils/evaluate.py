@@ -225,9 +225,10 @@ def _group(pipe, name, prompts, seeds, steps, guidance, train_image, clip, refer
 def _verdicts(groups: list[GroupResult], notes: list[str]) -> Evaluation:
     training = groups[0]
     wired = training.pixel_change > WIRED_THRESHOLD
-    wired_evidence = (
-        f"the training prompt's pixels moved by {training.pixel_change:.2f} "
-        f"(> {WIRED_THRESHOLD} needed) — this proves the adapter is attached and trained, not that it is good"
+    wired_evidence = f"the training prompt's pixels moved by {training.pixel_change:.2f} " + (
+        f"(> {WIRED_THRESHOLD}): the adapter is attached, trained and active — not that it is good"
+        if wired
+        else f"(needs > {WIRED_THRESHOLD}): not attached, not trained, or too weak to change the image"
     )
     held = groups[1:]
     if not held:

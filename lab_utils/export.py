@@ -381,19 +381,24 @@ def load_lora(pipe, path: str | os.PathLike[str], adapter_name: str = "default")
         LabError: keys that land nowhere or do not fit (by block, with the likely cause).
     """
     adapter, mapping = read_adapter(path, pipe.unet)
-    # Two notices that do not apply after the strict check: PEFT's "multiple adapters" warning (a
-    # second named adapter is what hot-swapping means) and diffusers' "no text-encoder keys" (the
-    # lab's adapters are U-Net only).
+    _load_checked(pipe, kohya_state(adapter, mapping), adapter_name)
+    return adapter
+
+
+def _load_checked(pipe, state: dict[str, torch.Tensor], adapter_name: str) -> None:
+    """``pipe.load_lora_weights`` for a state already matched key by key, without two notices that
+    do not apply after the strict check: PEFT's "multiple adapters" warning (a second named adapter
+    is what hot-swapping means) and diffusers' "no text-encoder keys" (the lab's adapters are U-Net
+    only)."""
     lora_base = logging.getLogger("diffusers.loaders.lora_base")
     level = lora_base.level
     lora_base.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-            pipe.load_lora_weights(kohya_state(adapter, mapping), adapter_name=adapter_name)
+            pipe.load_lora_weights(state, adapter_name=adapter_name)
     finally:
         lora_base.setLevel(level)
-    return adapter
 
 
 @dataclass
@@ -485,7 +490,7 @@ def _pixel_effect(pipe, adapter: AdapterFile, mapping: dict[str, str], prompt: s
     from lab_utils.metrics import mean_abs_diff
 
     name = "sd_lora_lab_diagnose"
-    pipe.load_lora_weights(kohya_state(adapter, mapping), adapter_name=name)
+    _load_checked(pipe, kohya_state(adapter, mapping), name)
     try:
         pipe.set_adapters([name], adapter_weights=[1.0])
         adapted = generate(pipe, prompt or "a picture", seed=seed, steps=10)
