@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -338,9 +339,11 @@ class _Clip:
     def kid(self, real: list[Image.Image], fake: list[Image.Image]) -> tuple[float, float]:
         from torchmetrics.image.kid import KernelInceptionDistance
 
-        metric = KernelInceptionDistance(
-            feature=_Features(self), subset_size=min(len(real), len(fake), 50), normalize=False
-        )
+        with warnings.catch_warnings():  # "saves all features in a buffer": a few dozen images here
+            warnings.filterwarnings("ignore", message=".*will save all extracted features")
+            metric = KernelInceptionDistance(
+                feature=_Features(self), subset_size=min(len(real), len(fake), 50), normalize=False
+            )
         metric.update(_uint8(real), real=True)
         metric.update(_uint8(fake), real=False)
         mean, std = metric.compute()

@@ -94,3 +94,15 @@ def test_training_script_runs_end_to_end_and_its_folder_loads_as_a_model(tmp_pat
     pipe = lab_utils.load_pipeline(str(out), device="cpu")
     assert pipe.vae_scale_factor == 4 and lab_utils.native_size(pipe) == 64
     assert sum(f.stat().st_size for f in out.rglob("*.safetensors")) < 20 * 2**20
+
+
+def test_parse_caption_reads_every_world_caption_and_nothing_else():
+    for attributes in world.all_attributes() + world.all_attributes(styled=True):
+        assert world.parse_caption(attributes.caption()) == attributes
+    for text in (
+        "a photo of a cat",
+        "a large red hexagon on a blue background, center",
+        "a large red circle on a blue background, center in van gogh style",
+        "",
+    ):
+        assert world.parse_caption(text) is None
