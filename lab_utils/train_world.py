@@ -1,6 +1,7 @@
 """Train a miniature Stable Diffusion on the procedural world (lab_utils.world), from scratch.
 
     python -m lab_utils.train_world --out runs/tiny-world [--vae-minutes 15] [--diffusion-minutes 50]
+    python -m lab_utils.train_world --out runs/longer --resume runs/tiny-world --diffusion-minutes 20
 
 Same component classes as SD 1.5: AutoencoderKL (factor 4 at 64 px: factor 8 loses the shapes),
 then a CLIPTextModel trained jointly with a UNet2DConditionModel with cross-attention (no pretrained
@@ -141,7 +142,9 @@ def encode_all(vae, data: torch.Tensor, batch: int = 256) -> torch.Tensor:
     return latents * vae.config.scaling_factor
 
 
-def train_diffusion(s: Settings, vae, data: torch.Tensor, captions: list[str], log) -> tuple[dict, dict]:
+def train_diffusion(
+    s: Settings, vae, data: torch.Tensor, captions: list[str], log, resume: Path | None = None
+) -> tuple[dict, dict]:
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from diffusers.training_utils import EMAModel, compute_snr
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -171,6 +174,11 @@ def train_diffusion(s: Settings, vae, data: torch.Tensor, captions: list[str], l
         )
     )
     unet = UNet2DConditionModel(**unet_config(s, latents.shape[-1]))
+    if resume is not None:  # continue from a saved run's (EMA) weights
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(resume / "unet").float().state_dict())
+        text_encoder.load_state_dict(
+            CLIPTextModel.from_pretrained(resume / "text_encoder").float().state_dict()
+        )
     scheduler = DDPMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
     )
@@ -241,6 +249,9 @@ def main(argv: list[str] | None = None) -> dict:
         prog="python -m lab_utils.train_world", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for the trained pipeline")
+    parser.add_argument(
+        "--resume", type=Path, help="a folder this script wrote: keep its autoencoder, continue its diffusion"
+    )
     for name, default in asdict(Settings()).items():
         if not isinstance(default, tuple):
             parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
@@ -254,9 +265,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     data, captions = dataset(s)
     log(f"{len(data)} images drawn")
-    vae, metrics = train_vae(s, data, log)
+    if args.resume is None:
+        vae, metrics = train_vae(s, data, log)
+    else:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.resume / "vae").float().eval().requires_grad_(False)
+        earlier = json.loads((args.resume / "training.json").read_text())
+        metrics = {k: v for k, v in earlier["metrics"].items() if k.startswith("vae_")}
+        metrics["resumed_from"] = {"settings": earlier["settings"], "metrics": earlier["metrics"]}
     log(f"autoencoder: {metrics}")
-    components, diffusion = train_diffusion(s, vae, data, captions, log)
+    components, diffusion = train_diffusion(s, vae, data, captions, log, args.resume)
     metrics.update(diffusion)
     pipe = build_pipeline(vae, components)
     args.out.mkdir(parents=True, exist_ok=True)
