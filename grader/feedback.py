@@ -56,6 +56,9 @@ def write_feedback(report: GradeReport, artefacts: Artefacts, output: Path) -> P
         lines += ["", "## Your images", "", " ".join(f"![{label}]({file})" for label, file in images)]
         lines += ["", " · ".join(label for label, _ in images)]
 
+    if artefacts.adapter_dir is not None:
+        lines += ["", "## Your adapter file", ""] + adapter_summary(artefacts.adapter_dir)
+
     if report.reflections:
         lines += ["", "## Your reflections", ""]
         for answer in report.reflections:
@@ -63,3 +66,24 @@ def write_feedback(report: GradeReport, artefacts: Artefacts, output: Path) -> P
     path = output / "feedback.md"
     write_text(path, "\n".join(lines).rstrip() + "\n")
     return path
+
+
+def adapter_summary(folder: Path) -> list[str]:
+    """What ``lab_utils.export.diagnose_adapter`` reads in the saved adapter, as Markdown bullets
+    (the file only: the checks above already regenerated the images)."""
+    from lab_utils.errors import LabError
+    from lab_utils.export import diagnose_adapter
+
+    try:
+        found = diagnose_adapter(folder)
+    except (LabError, OSError, ValueError) as error:
+        return [f"- could not be read: {str(error).splitlines()[0] if str(error) else type(error).__name__}"]
+    blocks = ", ".join(f"{block} {count}" for block, count in sorted(found.targets_by_block.items()))
+    return [
+        f"- {found.scheme} adapter: {found.modules} modules, rank {', '.join(map(str, found.ranks))}, "
+        f"alpha {', '.join(f'{a:g}' if a is not None else 'none' for a in found.alphas)}, "
+        f"scale {', '.join(f'{s:g}' for s in found.scales)}",
+        f"- modules by block: {blocks}",
+        f"- size of the update (‖ΔW‖ summed over modules): {found.delta_norm:.4g}",
+        "- findings: " + ("; ".join(found.findings) if found.findings else "none"),
+    ]

@@ -130,3 +130,16 @@ def test_diagnose_flags_untrained_nan_sdxl_and_missing_alpha(trained, tmp_path):
     save_file(sdxl, tmp_path / "sdxl.safetensors")
     mismatch = diagnose_adapter(tmp_path / "sdxl.safetensors", pipe)
     assert any(f.startswith("key mismatch") and "SDXL" in f for f in mismatch.findings)
+
+
+def test_grader_feedback_summarises_the_saved_adapter_with_diagnose_adapter(pipe, tmp_path):
+    from grader.feedback import adapter_summary
+
+    unet = lab_utils.attach_lora(pipe.unet)  # B = 0: untrained
+    folder = lab_utils.save_adapter(unet, tmp_path / "fresh")
+    lines = adapter_summary(folder)
+    assert lines[0].startswith("- peft adapter: ") and "rank 4, alpha 4, scale 1" in lines[0]
+    assert "down_blocks.0" in lines[1]
+    assert "untrained: every up/B weight is zero" in lines[-1]
+    (folder / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    assert adapter_summary(folder)[0].startswith("- could not be read: ")

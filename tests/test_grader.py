@@ -39,8 +39,10 @@ def variant(tmp_path: Path, *edits: tuple[str, str], extra_after: str | None = N
 
 def test_solution_passes_every_check_through_the_cli(tmp_path):
     out = tmp_path / "report.json"
-    result = run_grader(str(SOLUTION), "--json", str(out))
+    result = run_grader(str(SOLUTION), "--json", str(out), "--results", str(tmp_path / "results"))
     assert result.returncode == 0, result.stdout + result.stderr
+    feedback = (tmp_path / "results" / "feedback.md").read_text()
+    assert "## Your adapter file" in feedback and "- findings: none" in feedback
     assert "all checks passed" in result.stdout
     report = json.loads(out.read_text())
     checks = {c["name"]: c for c in report["checks"]}
