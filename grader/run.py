@@ -133,20 +133,17 @@ def kernel_environment(model: str) -> dict[str, str]:
     model files already are (the kernel has no network and its own HOME)."""
     from huggingface_hub import constants
 
-    from lab_utils.tiny import cache_root
-
     return {
         MODEL_ENV: model,
         "MPLBACKEND": os.environ.get("MPLBACKEND", "module://matplotlib_inline.backend_inline"),
-        "SD_LORA_LAB_CACHE": str(cache_root()),
         "HF_HOME": str(constants.HF_HOME),
         "HF_HUB_CACHE": str(constants.HF_HUB_CACHE),
     }
 
 
 def make_model_available(model: str) -> None:
-    """Before the kernel starts (it has no network): build ``tiny``'s cache, download a named hub
-    model once. Raises LabError for a model that cannot be used."""
+    """Before the kernel starts (it has no network): check ``tiny``'s weights are there, download a
+    named hub model once. Raises LabError for a model that cannot be used."""
     spec = resolve_model(model)
     if spec.kind == "tiny":
         from lab_utils.tiny import tiny_model_dir

@@ -33,7 +33,7 @@ from lab_utils.metrics import mean_abs_diff
 
 WIRED_THRESHOLD = 0.5  # the lab's pixel proof (0–255)
 CHECKED = ("background", "colour", "shape")  # what the miniature model reliably follows
-KEEP_WITHIN = 5.0  # points of checker accuracy a style adapter may cost without the trigger
+KEEP_WITHIN = 5.0  # points of checker accuracy a style adapter may cost without the trigger (or 1 image)
 COLLAPSE_RATIO = 0.5  # diversity below half the base model's = collapsed onto one image
 
 
@@ -251,10 +251,11 @@ def _verdicts(groups: list[GroupResult], notes: list[str]) -> Evaluation:
         elif g.accuracy:
             drops = {n: g.accuracy[0][n] - g.accuracy[1][n] for n in CHECKED}
             worst = max(drops, key=lambda n: drops[n])
-            kept = drops[worst] <= KEEP_WITHIN
+            allowed = max(KEEP_WITHIN, 100 / g.samples)  # 5 points, or one image of a small sample
+            kept = drops[worst] <= allowed + 1e-9
             (evidence if kept else reasons_bad).append(
                 f"{g.name}: {worst} accuracy {g.accuracy[0][worst]:.0f}% → {g.accuracy[1][worst]:.0f}%"
-                + ("" if kept else f" (lost more than {KEEP_WITHIN:.0f} points)")
+                + ("" if kept else f" (lost more than {allowed:.0f} points)")
             )
         if g.clip_score:
             kept = g.clip_score[1] >= g.clip_score[0] - 2.0

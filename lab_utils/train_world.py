@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from lab_utils import world
 from lab_utils.tiny import TINY_MODEL_DIR
@@ -38,6 +39,7 @@ class Settings:
     vae_batch: int = 16
     vae_lr: float = 1e-3
     diffusion_minutes: float = 50.0
+    decoder_minutes: float = 6.0  # the decoder learns the sks stripes (encoder frozen), see tune_decoder
     batch: int = 32
     lr: float = 5e-4
     caption_dropout: float = 0.1
@@ -130,6 +132,58 @@ def train_vae(s: Settings, data: torch.Tensor, log) -> tuple[object, dict]:
         "vae_steps": step,
         "vae_seconds": round(time.monotonic() - start),
         "vae_psnr_db": round(psnr, 2),
+    }
+
+
+def tune_decoder(s: Settings, vae, log) -> dict:
+    """Teach the decoder to draw the sks stripes, with the encoder frozen.
+
+    The autoencoder is trained on plain drawings, like the diffusion model, so it could not
+    reconstruct white stripes at all — and no adapter could then learn the style. SD's VAE was
+    trained on far more than its U-Net ever needed. Fine-tuning only the decoder, on styled and
+    plain drawings alike, keeps every latent the U-Net learned exactly as it was (the encoder does
+    not change) while the stripes' latents now decode to stripes.
+    """
+    train, _ = world.split()
+    rng = random.Random(s.seed + 3)
+    chosen = [rng.choice(train) for _ in range(4096)]
+    pixels = [
+        np.asarray(world.draw(world.Attributes(**{**a.to_dict(), "styled": i % 2 == 0}), seed=10_000 + i))
+        for i, a in enumerate(chosen)
+    ]
+    data = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        latents = torch.cat(
+            [vae.encode(data[i : i + 256]).latent_dist.mean for i in range(0, len(data), 256)]
+        )
+    decoder = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    vae.requires_grad_(False)
+    for p in decoder:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(decoder, lr=s.vae_lr / 2)
+    start, step = time.monotonic(), 0
+    torch.manual_seed(s.seed + 3)
+    while time.monotonic() - start < s.decoder_minutes * 60:
+        index = torch.randint(0, len(data), (s.vae_batch,))
+        loss = F.mse_loss(vae.decode(latents[index]).sample, data[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if step % 200 == 0:
+            log(f"decoder step {step}: loss {loss.item():.5f}")
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        decoded = vae.decode(latents[:256]).sample.clamp(-1, 1)
+    images = [
+        Image.fromarray(((x.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()) for x in decoded[::2][:64]
+    ]
+    styled_read = float(np.mean([world.style_score(i) > world.STYLE_THRESHOLD for i in images]))
+    return {
+        "decoder_steps": step,
+        "decoder_seconds": round(time.monotonic() - start),
+        "decoder_psnr_db": round(float(10 * np.log10(4 / F.mse_loss(decoded, data[:256]).item())), 2),
+        "decoder_styled_reconstructions_read_as_styled": round(100 * styled_read, 1),
     }
 
 
@@ -275,8 +329,22 @@ def main(argv: list[str] | None = None) -> dict:
         metrics = {k: v for k, v in earlier["metrics"].items() if k.startswith("vae_")}
         metrics["resumed_from"] = {"settings": earlier["settings"], "metrics": earlier["metrics"]}
     log(f"autoencoder: {metrics}")
-    components, diffusion = train_diffusion(s, vae, data, captions, log, args.resume)
-    metrics.update(diffusion)
+    if s.diffusion_minutes > 0 or args.resume is None:
+        components, diffusion = train_diffusion(s, vae, data, captions, log, args.resume)
+        metrics.update(diffusion)
+    else:  # decoder only: keep the resumed run's text encoder and U-Net as they are
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        components = {
+            "unet": UNet2DConditionModel.from_pretrained(args.resume / "unet").float().eval(),
+            "text_encoder": CLIPTextModel.from_pretrained(args.resume / "text_encoder").float().eval(),
+            "tokenizer": CLIPTokenizer.from_pretrained(args.resume / "tokenizer"),
+        }
+        metrics["diffusion_steps"] = 0
+    if s.decoder_minutes > 0:
+        metrics.update(tune_decoder(s, vae, log))
+        log(f"decoder: { {k: v for k, v in metrics.items() if k.startswith('decoder_')} }")
     pipe = build_pipeline(vae, components)
     args.out.mkdir(parents=True, exist_ok=True)
     pipe.to(torch.float16).save_pretrained(args.out, safe_serialization=True)  # before evaluating

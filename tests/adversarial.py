@@ -91,8 +91,8 @@ def stored_outputs_lie(tmp: Path) -> Path:
     the solution's success lines, execution counts included."""
     nb = nbformat.read(STUDENT, as_version=4)
     claims = [
-        "trainable LoRA parameters: 14,080 of 1,106,212 (1.273%) — expected 14,080",
-        "adapter tensors with nonzero gradient: 96/96",
+        "trainable LoRA parameters: 43,008 of 5,835,012 (0.737%) — expected 43,008",
+        "adapter tensors with nonzero gradient: 112/112",
         "mean_abs_diff = 1.52 on the 0–255 scale (the check needs > 0.5)",
         "self-check — all checks passed",
     ]
@@ -120,7 +120,7 @@ lab_utils.adapter_grad_norms = lambda unet: {"x": 1.0}
 torch.Tensor.any = lambda self, *a, **k: torch.tensor(True)
 np.abs = lambda x, *a, **k: np.full_like(np.asarray(x, dtype=float), 99.0)
 PIL.Image.Image.getdata = lambda self, *a: [(255, 255, 255)] * 10
-print("mean_abs_diff = 99.00; adapter tensors with nonzero gradient: 96/96")
+print("mean_abs_diff = 99.00; adapter tensors with nonzero gradient: 112/112")
 """
 
 ALWAYS_EQUAL = """
@@ -128,15 +128,15 @@ class AlwaysEqual(int):
     def __eq__(self, other): return True
     def __ne__(self, other): return False
     __hash__ = int.__hash__
-trainable = AlwaysEqual(14080)
+trainable = AlwaysEqual(43008)
 expected = trainable
 assert trainable == 797_184 and trainable == expected
 print(f"trainable LoRA parameters: {trainable:,} — expected {expected:,}")
 """
 
 HARD_CODED = """
-print("trainable LoRA parameters: 14,080 of 1,106,212 (1.273%) — expected 14,080")
-print("adapter tensors with nonzero gradient: 96/96")
+print("trainable LoRA parameters: 43,008 of 5,835,012 (0.737%) — expected 43,008")
+print("adapter tensors with nonzero gradient: 112/112")
 print("mean_abs_diff = 1.52 on the 0–255 scale (the check needs > 0.5)")
 """
 
@@ -375,7 +375,7 @@ CASES: list[Case] = [
         score=1,
         reasons={"adapter_gradients": LR0_CAUSE, "pixel_difference": "mean_abs_diff = 0.0"},
         # lora_B gets gradients; lora_A cannot while B is zero
-        measured={"parameter_count": "14,080", "adapter_gradients": "48/96", "pixel_difference": "0.00"},
+        measured={"parameter_count": "43,008", "adapter_gradients": "56/112", "pixel_difference": "0.00"},
     ),
     Case(
         "adapter never attached",

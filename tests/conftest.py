@@ -1,4 +1,4 @@
-"""Shared fixtures: everything on CPU, offline, with the tiny model cached in a session folder."""
+"""Shared fixtures: everything on CPU, offline, with the built-in tiny model."""
 
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _tiny_cache(tmp_path_factory):
-    """Build ``tiny`` once per session into a private cache (kernels started by the grader inherit it)."""
-    if not os.environ.get("SD_LORA_LAB_CACHE"):
-        os.environ["SD_LORA_LAB_CACHE"] = str(tmp_path_factory.mktemp("sd-lora-lab-cache"))
+def _default_model():
+    """Every test starts from the built-in model, whatever the shell exported."""
     os.environ.pop("SD_LORA_LAB_MODEL", None)
     yield
 

@@ -14,6 +14,8 @@ from lab_utils import world
 from lab_utils.errors import LabError
 from lab_utils.evaluate import evaluate, held_out_prompts
 
+KEEP = 12.5  # colour accuracy points a style adapter may lose without the trigger (1 of 8 images)
+
 
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
@@ -128,3 +130,23 @@ def test_collapse_is_caught_by_diversity():
     assert "collapsed (diversity 1.0 vs base 30.0)" in result.generalizes_evidence
     fine = dataclasses.replace(held, diversity=(30.0, 25.0))
     assert _verdicts([training, fine], []).generalizes is True
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 6 gap: an attention LoRA does not learn the sks stripes in 150-300 steps on tiny "
+    "(stripes near the 16x16 latent grid's resolution); style scores stay ~0",
+)
+def test_a_style_adapter_from_several_images_generalises_and_keeps_colours(pipe):
+    """The trained tiny model: stripes learned from eight styled drawings appear on held-out
+    colour–shape pairs with the trigger, and prompts without it keep their colours."""
+    images, captions = lab_utils.style_examples(8)
+    unet = lab_utils.attach_lora(pipe.unet)
+    lab_utils.train_lora(pipe, unet, images, captions, steps=150, lr=1e-3, batch_size=4)
+    image, prompt = lab_utils.training_example(64)
+    result = evaluate(pipe, image, prompt, seeds=(0, 1), steps=20)
+    training, styled, plain = result.groups
+    assert styled.style is not None and plain.accuracy is not None
+    assert styled.style[0] < world.STYLE_THRESHOLD < styled.style[1], styled.style
+    assert plain.accuracy[1]["colour"] >= plain.accuracy[0]["colour"] - KEEP, plain.accuracy
+    assert result.wired and result.generalizes, result.verdicts()

@@ -68,7 +68,7 @@ def test_kohya_file_round_trips_exactly_with_alpha_and_header(trained):
     unet, _, files = trained
     config = unet.peft_config["default"]
     read = read_adapter_file(files["kohya"])
-    assert read.scheme == "kohya" and len(read.modules) == 48
+    assert read.scheme == "kohya" and len(read.modules) == 56  # to_q/k/v/out in 14 attention layers
     scale = 8 / (4**0.5) if config.use_rslora else 8 / 4
     assert all(read.scale(m) == pytest.approx(scale) for m in read.modules)  # trained alpha, not rank
     peft = {k.removeprefix("base_model.model."): v for k, v in unet.state_dict().items() if "lora_" in k}
@@ -98,7 +98,7 @@ def test_strict_load_names_an_sdxl_adapter_and_a_rank_mismatch(trained, tmp_path
     key = next(k for k in state if k.endswith("lora_up.weight"))
     state[key] = torch.zeros(state[key].shape[0], 8)  # the up matrix of another rank
     save_file(state, tmp_path / "mixed.safetensors")
-    with pytest.raises(LabError, match=r"does not fit this model: 1 of 48 entries .* shapes"):
+    with pytest.raises(LabError, match=r"does not fit this model: 1 of 56 entries .* shapes"):
         read_adapter(tmp_path / "mixed.safetensors", fresh().unet)
     (tmp_path / "model.bin").write_bytes(b"a pickle")
     with pytest.raises(LabError, match="only .safetensors adapters are read"):
@@ -110,7 +110,7 @@ def test_diagnose_flags_untrained_nan_sdxl_and_missing_alpha(trained, tmp_path):
     pipe = fresh()
     healthy = diagnose_adapter(files["kohya"], pipe, PROMPT)
     assert healthy.healthy and healthy.ranks == [4] and healthy.pixel_effect > 0.3
-    assert healthy.delta_norm > 0 and sum(healthy.targets_by_block.values()) == 48
+    assert healthy.delta_norm > 0 and sum(healthy.targets_by_block.values()) == 56
     state = load_file(str(files["kohya"]))
     zero = {k: (torch.zeros_like(v) if k.endswith("lora_up.weight") else v) for k, v in state.items()}
     save_file(zero, tmp_path / "zero.safetensors")

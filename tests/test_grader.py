@@ -48,8 +48,8 @@ def test_solution_passes_every_check_through_the_cli(tmp_path):
     checks = {c["name"]: c for c in report["checks"]}
     assert set(checks) == {"parameter_count", "adapter_gradients", "pixel_difference"}
     assert all(c["passed"] for c in checks.values())
-    assert checks["parameter_count"]["value"] == 14_080  # rank 4 on to_q/k/v/out of the tiny U-Net
-    assert checks["adapter_gradients"]["measured"] == "96/96"
+    assert checks["parameter_count"]["value"] == 43_008  # rank 4 on to_q/k/v/out of the tiny U-Net
+    assert checks["adapter_gradients"]["measured"] == "112/112"
     assert checks["pixel_difference"]["value"] > 0.5
     assert report["score"] == report["max_score"] == 3
     assert report["execution"]["failure"] is None and report["execution"]["steps_completed"] == 4

@@ -40,13 +40,25 @@ def test_fresh_adapter_and_scale_zero_equal_base(pipe):
     )
 
 
+@torch.no_grad()
+def fixed_loss(pipe, image, prompt) -> float:
+    """The denoising loss on the training example at 8 fixed timesteps with fixed noise."""
+    latents = lab_utils.encode_image(pipe, image).repeat(8, 1, 1, 1)
+    embeddings = lab_utils.encode_prompt(pipe, prompt).repeat(8, 1, 1)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(123))
+    timesteps = torch.linspace(50, 950, 8).long()
+    noisy = lab_utils.training_scheduler(pipe).add_noise(latents, noise, timesteps)
+    return float(torch.nn.functional.mse_loss(pipe.unet(noisy, timesteps, embeddings).sample, noise))
+
+
 def test_a_few_steps_move_loss_gradients_and_pixels(pipe):
     base = lab_utils.generate(pipe, lab_utils.TRAIN_PROMPT, seed=0, **FAST)
     unet = lab_utils.attach_lora(pipe.unet)
     image, prompt = lab_utils.training_example(64)
+    before = fixed_loss(pipe, image, prompt)
     result = lab_utils.train_lora(pipe, unet, image, prompt, steps=30, lr=1e-3)
-    assert len(result.loss_history) == 30
-    assert np.mean(result.loss_history[-5:]) < np.mean(result.loss_history[:5])
+    assert len(result.loss_history) == 30 and all(np.isfinite(result.loss_history))
+    assert fixed_loss(pipe, image, prompt) < before  # per-step losses are too noisy to compare
     # step 1: B = 0 so only B gets gradients; once B moved, every tensor does
     first, last = result.grad_norm_history[0], result.last_grad_norms
     assert all(v == 0 for k, v in first.items() if "lora_A" in k) and all(
@@ -131,7 +143,13 @@ def test_describe_lists_components_and_attention(pipe):
     assert rows["unet"].parameters == sum(p.numel() for p in pipe.unet.parameters())
     assert rows["text_encoder"].cls == "CLIPTextModel" and rows["vae"].cls == "AutoencoderKL"
     assert rows["tokenizer"].parameters is None and rows["unet"].dtype == "float32"
-    assert {r.block for r in table.attention} == {"down_blocks.0", "mid_block", "up_blocks.1"}
+    assert {r.block for r in table.attention} == {
+        "down_blocks.0",
+        "down_blocks.1",
+        "mid_block",
+        "up_blocks.1",
+        "up_blocks.2",
+    }
     assert all(r.self_attention == r.cross_attention > 0 for r in table.attention)
     assert "<table>" in table._repr_html_() and "cross-attn" in str(table)
 
