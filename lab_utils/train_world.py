@@ -146,7 +146,7 @@ def tune_decoder(s: Settings, vae, log) -> dict:
     """
     train, _ = world.split()
     rng = random.Random(s.seed + 3)
-    chosen = [rng.choice(train) for _ in range(4096)]
+    chosen = [rng.choice(train) for _ in range(min(4096, max(s.images, 256)))]
     pixels = [
         np.asarray(world.draw(world.Attributes(**{**a.to_dict(), "styled": i % 2 == 0}), seed=10_000 + i))
         for i, a in enumerate(chosen)

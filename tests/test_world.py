@@ -78,6 +78,7 @@ def test_training_script_runs_end_to_end_and_its_folder_loads_as_a_model(tmp_pat
     out = tmp_path / "tiny-world"
     record = main(
         ["--out", str(out), "--images", "64", "--vae-minutes", "0.01", "--diffusion-minutes", "0.01"]
+        + ["--decoder-minutes", "0.01"]
         + ["--eval-prompts", "2", "--eval-steps", "2", "--threads", "1"]
     )
     saved = json.loads((out / "training.json").read_text())
@@ -91,6 +92,7 @@ def test_training_script_runs_end_to_end_and_its_folder_loads_as_a_model(tmp_pat
         "style",
     }
     assert saved["metrics"]["vae_steps"] >= 1 and saved["metrics"]["diffusion_steps"] >= 1
+    assert saved["metrics"]["decoder_steps"] >= 1
     pipe = lab_utils.load_pipeline(str(out), device="cpu")
     assert pipe.vae_scale_factor == 4 and lab_utils.native_size(pipe) == 64
     assert sum(f.stat().st_size for f in out.rglob("*.safetensors")) < 20 * 2**20
