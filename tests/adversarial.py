@@ -392,7 +392,7 @@ CASES: list[Case] = [
             "parameter_count": "wrong target modules (missing attn1.to_k, attn1.to_out, attn2.to_k, "
             "attn2.to_out)"
         },
-        measured={"parameter_count": "7,040"},
+        measured={"parameter_count": "21,504"},
     ),
     Case(
         "wrong rank",
@@ -400,7 +400,7 @@ CASES: list[Case] = [
         solution_with(("RANK, ALPHA = 4, 4", "RANK, ALPHA = 8, 8")),
         score=2,
         reasons={"parameter_count": "rank 8 instead of 4"},
-        measured={"parameter_count": "28,160"},
+        measured={"parameter_count": "86,016"},
     ),
     Case(
         "a different seed for the adapted image",
