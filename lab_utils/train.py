@@ -91,8 +91,8 @@ def train_lora(
 def _train_steps(
     unet, scheduler, all_latents, all_embeddings, optimizer, generator, steps, result, batch_size=1
 ) -> None:
-    names = list(lora_parameters(unet))
-    params = list(lora_parameters(unet).values())
+    adapter = lora_parameters(unet)
+    names, params = list(adapter), list(adapter.values())
     losses, norms = [], []  # kept on the device: one host sync at the end, none per step
     for _ in range(steps):
         if len(all_latents) == 1:

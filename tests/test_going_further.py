@@ -19,26 +19,13 @@ def executed(tmp_path_factory) -> str:
     NotebookClient(
         nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(folder)}}
     ).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    errors = [o for o in outputs if o.output_type == "error"]
     assert not errors, errors
-    streams = [
-        o.text
-        for c in nb.cells
-        if c.cell_type == "code"
-        for o in c.outputs
-        if o.output_type == "stream" and o.name == "stdout"
-    ]
-    stderr = [
-        o.text
-        for c in nb.cells
-        if c.cell_type == "code"
-        for o in c.outputs
-        if o.output_type == "stream" and o.name == "stderr"
-    ]
+    streams = [o.text for o in outputs if o.output_type == "stream" and o.name == "stdout"]
+    stderr = [o.text for o in outputs if o.output_type == "stream" and o.name == "stderr"]
     assert not [s for s in stderr if "Warning" in s or "warning" in s], stderr
-    images = sum(
-        "image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs
-    )
+    images = sum("image/png" in o.get("data", {}) for o in outputs)
     assert images >= 4  # the strips: examples, hot-swap, scale sweep, style vs identity
     return "".join(streams)
 
