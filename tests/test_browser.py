@@ -130,11 +130,24 @@ def run_all(page, lab: str, notebook: str, timeout_s: float = 420) -> None:
     page.goto(f"{lab}/lab/tree/{notebook}?reset&token={TOKEN}")
     page.wait_for_selector(f"{PANEL} .jp-Notebook", timeout=90_000)
     page.wait_for_selector(f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
+
+    def click_run_all() -> None:
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
+
+    click_run_all()
     deadline = time.monotonic() + timeout_s
     time.sleep(2)
     while time.monotonic() < deadline:
+        # JupyterLab sometimes asks for the kernel although the notebook names one (when its session
+        # is still being set up as Run All arrives): accept the notebook's own kernel and run again
+        dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
+        if dialog.count() > 0:
+            dialog.locator(".jp-mod-accept").click()
+            page.wait_for_selector(f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+            click_run_all()
+            time.sleep(2)
+            continue
         prompts = page.locator(f"{PANEL} .jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
         busy = any("*" in p for p in prompts)
         idle = page.locator(f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0
