@@ -28,6 +28,7 @@ FLAGS = [
 ]
 TOKEN = "sd-lora-lab-browser-test"
 PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
+IDLE = f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']"
 
 pytestmark = pytest.mark.browser
 
@@ -144,7 +145,7 @@ def run_all(page, lab: str, notebook: str, timeout_s: float = 420) -> None:
         dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
         if dialog.count() > 0:
             dialog.locator(".jp-mod-accept").click()
-            page.wait_for_selector(f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+            page.wait_for_selector(IDLE, timeout=90_000)
             click_run_all()
             time.sleep(2)
             continue
