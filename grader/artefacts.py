@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from PIL import Image
 from grader.files import write_json
 
 MANIFEST = "manifest.json"
+EVALUATION = "evaluation.json"
+DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 IMAGE_NAMES = ("baseline_image", "adapted_image")
 
 
@@ -72,7 +76,43 @@ def save_artefacts(directory: str | os.PathLike[str], namespace: dict) -> None:
 
         attempt("adapter", save_adapter)
 
+    attempt("evaluation", lambda: _save_evaluation(out, namespace, manifest))
+    attempt("exports", lambda: _save_exports(out, namespace, manifest))
     write_json(out / MANIFEST, manifest)
+
+
+MAX_EXPORTS = 4  # exported adapter files copied for the optional export check
+
+
+def _save_evaluation(out: Path, namespace: dict, manifest: dict) -> None:
+    """The first ``lab_utils.evaluate`` result in the namespace: its prompts, seeds, settings and
+    claimed pixel changes (the grader recomputes them)."""
+    from lab_utils.evaluate import Evaluation
+
+    for name, value in namespace.items():
+        if not name.startswith("_") and isinstance(value, Evaluation):
+            write_json(out / EVALUATION, {"variable": name, **value.summary()})
+            manifest["evaluation"] = EVALUATION
+            return
+
+
+def _save_exports(out: Path, namespace: dict, manifest: dict) -> None:
+    """Adapter files the notebook exported (``export_adapter`` returns a Path): every top-level
+    ``Path`` to a ``.safetensors`` file other than a PEFT folder's, copied as ``exports/NAME.safetensors``."""
+    exports: dict[str, str] = {}
+    for name, value in namespace.items():
+        if name.startswith("_") or not isinstance(value, Path) or len(exports) >= MAX_EXPORTS:
+            continue
+        file = value / DIFFUSERS_FILE if value.is_dir() else value
+        if file.suffix != ".safetensors" or file.name == "adapter_model.safetensors" or not file.is_file():
+            continue
+        if file.stat().st_size > MAX_ADAPTER_BYTES:  # a model's weights, not an adapter
+            continue
+        (out / "exports").mkdir(exist_ok=True)
+        shutil.copyfile(file, out / "exports" / f"{name}.safetensors")
+        exports[name] = f"exports/{name}.safetensors"
+    if exports:
+        manifest["exports"] = exports
 
 
 @dataclass
@@ -84,6 +124,8 @@ class Artefacts:
     records: dict[str, dict | None] = field(default_factory=dict)
     adapter_dir: Path | None = None
     errors: list[str] = field(default_factory=list)
+    exports: dict[str, Path] = field(default_factory=dict)  # variable name → exported adapter file
+    evaluation: dict | None = None  # the notebook's held-out evaluation, as it claimed it
 
 
 MAX_RANK = 1024  # a forged adapter_config.json must not make the grader allocate without bound
@@ -125,6 +167,28 @@ def read_artefacts(directory: Path) -> Artefacts:
             found.adapter_dir = directory / "adapter"
         else:
             found.errors.append(f"adapter: {problem}")
+    exports = manifest.get("exports")
+    for name, file in exports.items() if isinstance(exports, dict) else []:
+        path = directory / "exports" / f"{name}.safetensors"
+        if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,99}", name)):
+            found.errors.append("exports: a variable name that Python would not accept")
+        elif file != f"exports/{name}.safetensors" or not path.is_file():
+            found.errors.append(f"exports: {name}'s file is missing")
+        elif path.stat().st_size > MAX_ADAPTER_BYTES:
+            found.errors.append(f"exports: {name} is over {MAX_ADAPTER_BYTES // 2**30} GB")
+        else:
+            found.exports[name] = path
+        if len(found.exports) >= MAX_EXPORTS:
+            break
+    if manifest.get("evaluation"):
+        try:
+            evaluation = json.loads((directory / EVALUATION).read_text())
+        except (OSError, ValueError):
+            evaluation = None
+        if isinstance(evaluation, dict):
+            found.evaluation = evaluation
+        else:
+            found.errors.append("evaluation: evaluation.json is missing or not a JSON object")
     errors = manifest.get("errors")
     if isinstance(errors, list):
         found.errors += [str(e)[:500] for e in errors[:20]]

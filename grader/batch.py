@@ -32,7 +32,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from grader.config import DEFAULT_CHECKS, GradingConfig
+from grader.config import DEFAULT_CHECKS, OPTIONAL_CHECKS, GradingConfig
 from grader.files import write_json, write_text
 from grader.grade import GradeReport, submission_key
 from lab_utils.errors import LabError
@@ -266,7 +266,8 @@ def write_gradebook(results: Path) -> dict:
     if not results.is_dir():
         raise LabError(f"results folder '{results}' does not exist")
     reports = _reports(results)
-    names = list(DEFAULT_CHECKS)
+    graded = {c.get("name") for r in reports for c in r.get("checks", []) if isinstance(c, dict)}
+    names = list(DEFAULT_CHECKS) + [n for n in OPTIONAL_CHECKS if n in graded]  # step 5 when turned on
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["submission", *names, "total", "max_total", "status", "duration_s", "failure"])

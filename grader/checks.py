@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import diffusers
 import torch
@@ -45,6 +45,8 @@ TITLES = {
     "parameter_count": "trainable LoRA parameters",
     "adapter_gradients": "adapter gradients nonzero",
     "pixel_difference": "mean_abs_diff (0–255)",
+    "export_reloads": "exported adapter reproduces the image",
+    "held_out_evaluation": "held-out evaluation of this adapter",
 }
 
 
@@ -111,6 +113,8 @@ def verify(
         ),
         "adapter_gradients": lambda: _check_gradients(pipe, peft_unet, config, missing_why),
         "pixel_difference": lambda: _check_pixels(pipe, peft_unet, artefacts, config, stopped),
+        "export_reloads": lambda: _check_exports(pipe, peft_unet, artefacts, config, model, missing_why),
+        "held_out_evaluation": lambda: _check_held_out(pipe, peft_unet, artefacts, config, missing_why),
     }
     for name, spec in config.checks.items():
         if not only(name):
@@ -360,4 +364,181 @@ def _check_pixels(pipe, peft_unet, artefacts: Artefacts, config, stopped) -> Che
             f"the adapter moved the pixels by only {value:.2f}: train more steps or with a higher "
             "learning rate"
         )
+    return result
+
+
+# --- step 5 (optional): the adapter shared and validated ---------------------------------------------
+
+
+def _reference(artefacts: Artefacts) -> tuple[GenerationRecord | None, str | None]:
+    """The adapted image's record, to regenerate with an exported file (or why there is none)."""
+    if "adapted_image" not in artefacts.images:
+        return None, "adapted_image is needed to compare the export with (step 4)"
+    record, problem = _record(artefacts, "adapted_image")
+    if problem:
+        return None, f"inconsistent: {problem}"
+    if record is None:
+        return None, "adapted_image has no generation record: make it with lab_utils.generate"
+    return record, None
+
+
+def _check_exports(pipe, peft_unet, artefacts: Artefacts, config, model, missing_why) -> CheckResult:
+    """Each exported file, loaded strictly onto a fresh base pipeline of the grader's, must redraw
+    the adapted image the grader regenerates from the PEFT adapter — the same adapter, alpha kept."""
+    from lab_utils.export import diagnose_adapter, load_lora
+
+    result = CheckResult("export_reloads", TITLES["export_reloads"], False, "none", "all reproduce", 0.0, 0.0)
+    if peft_unet is None:
+        result.cause = f"no adapter to compare the export with ({missing_why})"
+        return result
+    if not artefacts.exports:
+        result.cause = (
+            "no exported adapter file was found: keep the path export_adapter returns in a variable, e.g. "
+            "kohya_file = export_adapter(unet, 'my-lora-kohya.safetensors', 'kohya')"
+        )
+        return result
+    record, problem = _reference(artefacts)
+    if record is None:
+        result.cause = problem
+        return result
+    reference = _regenerate(pipe, peft_unet, record, adapted=True)
+    fresh = lab_utils.load_pipeline(model)
+    fresh.set_progress_bar_config(disable=True)
+    differences: dict[str, float] = {}
+    for name, file in artefacts.exports.items():
+        try:
+            load_lora(fresh, file, adapter_name=name)
+        except Exception as error:  # noqa: BLE001 — a file that does not load is the finding
+            result.measured = f"{name} did not load"
+            result.cause = f"{name} does not load onto the base model: {str(error).splitlines()[0][:300]}"
+            return result
+        fresh.set_adapters(name)
+        image = lab_utils.generate(
+            fresh, record.prompt, record.seed, record.steps, record.guidance, record.size, record.lora_scale
+        )
+        differences[name] = lab_utils.mean_abs_diff(image, reference)
+        fresh.delete_adapters(name)
+    result.details["mean_abs_diff_to_adapted"] = differences
+    worst = max(differences, key=lambda n: differences[n])
+    result.value = differences[worst]
+    result.measured = ", ".join(f"{n}: {d:.2f}" for n, d in differences.items())
+    result.expected = f"each ≤ {config.image_tolerance:g} from the adapted image"
+    if differences[worst] <= config.image_tolerance:
+        result.passed = True
+        return result
+    findings = diagnose_adapter(artefacts.exports[worst]).findings
+    result.cause = (
+        f"{worst} redraws the adapted image {differences[worst]:.2f} away: it is not the adapter as "
+        "trained (exported before training, from another adapter, or with a different alpha)"
+        + (f" — {'; '.join(findings)}" if findings else "")
+    )
+    return result
+
+
+MAX_HELD_OUT_SAMPLES = 32  # prompt × seed pairs the grader regenerates (twice: base and adapted)
+
+
+@dataclass
+class _Claim:
+    """One held-out group as the notebook reported it, and what the grader recomputed."""
+
+    name: str
+    pairs: list[tuple[str, int]]
+    reported: float
+    recomputed: float | None = None
+
+
+def _held_out_claims(evaluation: dict) -> tuple[list[_Claim], GenerationRecord]:
+    """The evaluation's held-out groups and settings, checked for type and range.
+
+    Raises:
+        ValueError: the reason the evaluation cannot have been written by lab_utils.evaluate.
+    """
+    steps, guidance, groups = evaluation.get("steps"), evaluation.get("guidance"), evaluation.get("groups")
+    if not (_is_int(steps) and _is_number(guidance)):
+        raise ValueError("its steps or guidance are not numbers")
+    steps, guidance = int(steps), float(guidance)  # type: ignore[arg-type]
+    if not (1 <= steps <= MAX_STEPS and 0 <= guidance <= 50):
+        raise ValueError("its steps or guidance are out of range")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise ValueError("it has no list of groups")
+    claims = []
+    for group in groups[:10]:
+        prompts, seeds, reported = group.get("prompts"), group.get("seeds"), group.get("pixel_change")
+        well_formed = (
+            isinstance(prompts, list)
+            and all(isinstance(p, str) and len(p) <= 2000 for p in prompts)
+            and isinstance(seeds, list)
+            and all(_is_int(x) and 0 <= x < 2**63 for x in seeds)
+            and _is_number(reported)
+        )
+        if not well_formed:
+            raise ValueError(f"group {str(group.get('name'))[:40]!r} is malformed")
+        if prompts and seeds and lab_utils.TRAIN_PROMPT not in prompts:
+            pairs = [(p, s) for p in prompts for s in seeds]
+            claims.append(_Claim(str(group.get("name"))[:80], pairs, float(reported)))
+    return claims, GenerationRecord("", 0, steps, guidance, 0)
+
+
+def _check_held_out(pipe, peft_unet, artefacts: Artefacts, config, missing_why) -> CheckResult:
+    """``lab_utils.evaluate`` ran on prompts other than the training prompt, with this adapter: the
+    grader regenerates every held-out image (base and adapted) and recomputes each group's pixel
+    change, which must match what the notebook reported."""
+    result = CheckResult(
+        "held_out_evaluation", TITLES["held_out_evaluation"], False, "none", "held-out prompts", 0.0, 0.0
+    )
+    if peft_unet is None:
+        result.cause = f"no adapter to evaluate ({missing_why})"
+        return result
+    if artefacts.evaluation is None:
+        result.cause = (
+            "no held-out evaluation was found: keep the result of lab_utils.evaluate(pipe, train_image, "
+            "train_prompt, held_out=...) in a variable, e.g. evaluation"
+        )
+        return result
+    try:
+        claims, settings = _held_out_claims(artefacts.evaluation)
+    except ValueError as error:
+        result.cause = f"inconsistent: the evaluation was not written by lab_utils.evaluate ({error})"
+        return result
+    if not claims:
+        result.cause = "only the training prompt was evaluated: pass held-out prompts (held_out=...)"
+        return result
+    size, budget = lab_utils.native_size(pipe), MAX_HELD_OUT_SAMPLES
+    for claim in claims:
+        if len(claim.pairs) > budget:
+            continue  # too large to regenerate: named in the details, not compared
+        budget -= len(claim.pairs)
+        changes = []
+        for prompt, seed in claim.pairs:
+            record = replace(settings, prompt=prompt, seed=seed, size=size)
+            base = _regenerate(pipe, peft_unet, record, adapted=False)
+            changes.append(lab_utils.mean_abs_diff(base, _regenerate(pipe, peft_unet, record, adapted=True)))
+        claim.recomputed = sum(changes) / len(changes)
+    result.details["groups"] = {
+        c.name: {"samples": len(c.pairs), "reported": c.reported, "recomputed": c.recomputed} for c in claims
+    }
+    checked = [c for c in claims if c.recomputed is not None]
+    if not checked:
+        result.cause = (
+            f"every held-out group has more images than the grader regenerates ({MAX_HELD_OUT_SAMPLES})"
+        )
+        return result
+    result.value = float(sum(len(c.pairs) for c in checked))
+    result.measured = "; ".join(
+        f"{c.name}: {len(c.pairs)} images, pixel change {c.recomputed:.2f}" for c in checked
+    )
+    result.expected = "held-out images of this adapter, numbers as reported"
+    wrong = [
+        f"{c.name} reported {c.reported:.2f}, recomputed {c.recomputed:.2f}"
+        for c in checked
+        if not abs(c.recomputed - c.reported) <= config.image_tolerance  # type: ignore[operator]
+    ]
+    if wrong:
+        result.cause = (
+            f"inconsistent: the evaluation's numbers are not this adapter's ({'; '.join(wrong)}): run "
+            "lab_utils.evaluate after training, on the pipeline that carries the adapter"
+        )
+        return result
+    result.passed = True
     return result

@@ -28,6 +28,12 @@ points = 2
 visibility = "hidden"
 min_mean_abs_diff = 0.5     # 0–255 scale; must also beat the measured noise floor
 image_tolerance = 0.5       # how far a saved image may be from its regeneration
+
+# optional step 5 (going further): off unless named here
+[checks.export_reloads]     # an exported adapter file reproduces the adapted image
+points = 1
+[checks.held_out_evaluation]  # lab_utils.evaluate ran on held-out prompts with this adapter
+points = 1
 ```
 """
 
@@ -60,6 +66,11 @@ DEFAULT_CHECKS: dict[str, CheckSpec] = {
     "adapter_gradients": CheckSpec(points=1.0, step=3),
     "pixel_difference": CheckSpec(points=1.0, step=4),
 }
+OPTIONAL_CHECKS: dict[str, CheckSpec] = {
+    "export_reloads": CheckSpec(points=1.0, step=5),
+    "held_out_evaluation": CheckSpec(points=1.0, step=5),
+}
+"""Step 5 (going further) checks: off unless a checks file names them (``[checks.export_reloads]``)."""
 
 
 @dataclass(frozen=True)
@@ -185,11 +196,13 @@ def load_config(path: str | Path) -> GradingConfig:
             raise LabError(f"{where}: [limits] {key} must be positive (got {value})")
         changes[key] = value if key in ("sandbox", "processes") else float(value)
     checks_table = data.get("checks", {})
-    _keys(f"{where}: [checks]", checks_table, set(DEFAULT_CHECKS))
+    _keys(f"{where}: [checks]", checks_table, set(DEFAULT_CHECKS) | set(OPTIONAL_CHECKS))
     checks = dict(DEFAULT_CHECKS)
     for name, table in checks_table.items():
         spec_where = f"{where}: [checks.{name}]"
         _keys(spec_where, table, {**_CHECK, **_CHECK_EXTRA.get(name, {})})
+        if name in OPTIONAL_CHECKS:
+            checks[name] = OPTIONAL_CHECKS[name]  # named in the file: turned on
         visibility = table.get("visibility", checks[name].visibility)
         if visibility not in VISIBILITIES:
             raise LabError(f"{spec_where} visibility must be 'visible' or 'hidden' (got {visibility!r})")

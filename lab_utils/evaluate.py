@@ -65,7 +65,7 @@ class GroupResult:
         return len(self.prompts) * len(self.seeds)
 
 
-@dataclass
+@dataclass(repr=False)
 class Evaluation:
     groups: list[GroupResult]
     wired: bool
@@ -73,6 +73,20 @@ class Evaluation:
     generalizes: bool | None  # None: no held-out evidence was measured
     generalizes_evidence: str
     notes: list[str] = field(default_factory=list)
+    steps: int = 20  # the generation settings every group used
+    guidance: float = 7.5
+
+    def summary(self) -> dict:
+        """What the grader needs to recompute the held-out numbers (it trusts none of them): each
+        group's prompts, seeds and pixel change, and the generation settings."""
+        return {
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "groups": [
+                {"name": g.name, "prompts": g.prompts, "seeds": g.seeds, "pixel_change": g.pixel_change}
+                for g in self.groups
+            ],
+        }
 
     def verdicts(self) -> list[str]:
         general = {True: "yes", False: "NO", None: "not measured"}[self.generalizes]
@@ -118,6 +132,9 @@ class Evaluation:
                     f"{1000 * am:.1f} ± {1000 * as_:.1f}",
                 )
         return rows
+
+    def __repr__(self) -> str:  # a notebook's plain-text output: the table, not the dataclass
+        return str(self)
 
     def __str__(self) -> str:
         rows = self.rows()
@@ -185,7 +202,9 @@ def evaluate(
         notes.append("CLIP score not measured: pass clip_model=<local CLIPModel folder>")
     if references is not None:
         notes.append(f"KID on CLIP image features against {len(references)} reference images")
-    return _verdicts(groups, notes)
+    evaluation = _verdicts(groups, notes)
+    evaluation.steps, evaluation.guidance = int(steps), float(guidance)
+    return evaluation
 
 
 def _group(pipe, name, prompts, seeds, steps, guidance, train_image, clip, references) -> GroupResult:

@@ -52,7 +52,7 @@ def test_solution_passes_every_check_through_the_cli(tmp_path):
     assert checks["adapter_gradients"]["measured"] == "112/112"
     assert checks["pixel_difference"]["value"] > 0.5
     assert report["score"] == report["max_score"] == 3
-    assert report["execution"]["failure"] is None and report["execution"]["steps_completed"] == 4
+    assert report["execution"]["failure"] is None and report["execution"]["steps_completed"] == 5
     assert "Traceback" not in result.stderr
 
 
