@@ -130,29 +130,37 @@ def run_all(page, lab: str, notebook: str, timeout_s: float = 420) -> None:
     for a kernel it is no longer connected to."""
     page.goto(f"{lab}/lab/tree/{notebook}?reset&token={TOKEN}")
     page.wait_for_selector(f"{PANEL} .jp-Notebook", timeout=90_000)
-    page.wait_for_selector(f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+    page.wait_for_selector(IDLE, timeout=90_000)
 
-    def click_run_all() -> None:
-        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
+    def prompts() -> list[str]:
+        return page.locator(f"{PANEL} .jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
 
-    click_run_all()
-    deadline = time.monotonic() + timeout_s
-    time.sleep(2)
-    while time.monotonic() < deadline:
-        # JupyterLab sometimes asks for the kernel although the notebook names one (when its session
-        # is still being set up as Run All arrives): accept the notebook's own kernel and run again
+    def started() -> bool:  # a cell is running ([*]) or has run ([1])
+        return any("*" in p or p.strip()[1:2].isdigit() for p in prompts())
+
+    def accept_kernel_dialog() -> None:
+        # JupyterLab sometimes asks for the kernel although the notebook names one (its session is
+        # still being set up as Run All arrives): accept the notebook's own kernel
         dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
         if dialog.count() > 0:
             dialog.locator(".jp-mod-accept").click()
             page.wait_for_selector(IDLE, timeout=90_000)
-            click_run_all()
-            time.sleep(2)
-            continue
-        prompts = page.locator(f"{PANEL} .jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
-        busy = any("*" in p for p in prompts)
-        idle = page.locator(f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0
-        if not busy and idle:
+
+    # Run All can also be dropped while the page settles: click again until a cell has started
+    for _ in range(4):
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
+        wait_until = time.monotonic() + 15
+        while time.monotonic() < wait_until and not started():
+            accept_kernel_dialog()
+            time.sleep(0.5)
+        if started():
+            break
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        accept_kernel_dialog()
+        busy = any("*" in p for p in prompts())
+        if not busy and page.locator(IDLE).count() > 0:
             return
         time.sleep(1)
     pytest.fail(f"{notebook} still running after {timeout_s} s")
