@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -88,6 +89,7 @@ def lab(tmp_path_factory):
             f"--ServerApp.token={TOKEN}",
             f"--ServerApp.root_dir={root}",
             "--allow-root",
+            "--expose-app-in-browser",  # window.jupyterapp, as JupyterLab's own Playwright tests use
         ],
         env=env,
         stdout=log,
@@ -121,49 +123,74 @@ def browser():
         chromium.close()
 
 
-def run_all(page, lab: str, notebook: str, timeout_s: float = 420) -> None:
-    """Open ``notebook`` in a fresh kernel and run every cell; wait until execution stops.
+def start_session(lab: str, notebook: str) -> str:
+    """Start the notebook's kernel session through JupyterLab's REST API, before any page opens.
 
-    Run → Run All Cells on the kernel the page just started: "Restart Kernel and Run All" replaces
-    the kernel's websocket, and jupyter_server sometimes fails to decode the browser's first message
-    on the replaced connection ("struct.error: unpack requires a buffer"), leaving the page waiting
-    for a kernel it is no longer connected to."""
+    The page then attaches to a running kernel instead of starting one while it settles — which is
+    when JupyterLab could drop a Run All or ask "Select Kernel" although the notebook names one."""
+    body = json.dumps({"path": notebook, "name": notebook, "type": "notebook", "kernel": {"name": "python3"}})
+    request = urllib.request.Request(
+        f"{lab}/api/sessions?token={TOKEN}",
+        data=body.encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=90) as response:
+        return json.load(response)["kernel"]["id"]
+
+
+# In the page: wait until the notebook's panel is connected to the kernel started above and that
+# kernel has answered kernel_info, then start Run All Cells (the command the Run menu runs) without
+# waiting for it to finish.
+RUN_ALL = """async ([path, kernelId]) => {
+  const app = window.jupyterapp;
+  await app.restored;
+  let panel;
+  for (let i = 0; i < 300 && !panel; i++) {
+    panel = Array.from(app.shell.widgets('main')).find(w => w.context && w.context.path === path);
+    if (!panel) await new Promise(r => setTimeout(r, 200));
+  }
+  if (!panel) return 'no panel for ' + path;
+  await panel.context.ready;
+  await panel.sessionContext.ready;
+  const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
+  if (!kernel) return 'no kernel';
+  if (kernel.id !== kernelId) return 'another kernel: ' + kernel.id;
+  await kernel.info;
+  app.shell.activateById(panel.id);
+  app.commands.execute('notebook:run-all-cells');
+  return 'ok';
+}"""
+
+
+def run_all(page, lab: str, notebook: str, timeout_s: float = 420) -> None:
+    """Open ``notebook`` on a kernel started for it and run every cell; wait until execution stops."""
+    kernel_id = start_session(lab, notebook)
     page.goto(f"{lab}/lab/tree/{notebook}?reset&token={TOKEN}")
+    page.wait_for_function("() => window.jupyterapp !== undefined", timeout=90_000)
     page.wait_for_selector(f"{PANEL} .jp-Notebook", timeout=90_000)
-    page.wait_for_selector(IDLE, timeout=90_000)
+    assert page.evaluate(RUN_ALL, [notebook, kernel_id]) == "ok"
 
     def prompts() -> list[str]:
         return page.locator(f"{PANEL} .jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
 
-    def started() -> bool:  # a cell is running ([*]) or has run ([1])
-        return any("*" in p or p.strip()[1:2].isdigit() for p in prompts())
+    def problem() -> str | None:
+        if page.locator(".jp-Dialog").count() > 0:
+            return "a dialog opened: " + page.locator(".jp-Dialog").first.inner_text()[:300]
+        if time.monotonic() > deadline:
+            return f"still running after {timeout_s} s"
+        return None
 
-    def accept_kernel_dialog() -> None:
-        # JupyterLab sometimes asks for the kernel although the notebook names one (its session is
-        # still being set up as Run All arrives): accept the notebook's own kernel
-        dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
-        if dialog.count() > 0:
-            dialog.locator(".jp-mod-accept").click()
-            page.wait_for_selector(IDLE, timeout=90_000)
-
-    # Run All can also be dropped while the page settles: click again until a cell has started
-    for _ in range(4):
-        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
-        wait_until = time.monotonic() + 15
-        while time.monotonic() < wait_until and not started():
-            accept_kernel_dialog()
-            time.sleep(0.5)
-        if started():
-            break
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        accept_kernel_dialog()
-        busy = any("*" in p for p in prompts())
-        if not busy and page.locator(IDLE).count() > 0:
+    started = False  # a cell is queued or running ([*]) or has run ([1])
+    while (failure := problem()) is None:
+        texts = prompts()
+        started = started or any("*" in p or p.strip()[1:2].isdigit() for p in texts)
+        if started and not any("*" in p for p in texts) and page.locator(IDLE).count() > 0:
             return
         time.sleep(1)
-    pytest.fail(f"{notebook} still running after {timeout_s} s")
+    screenshot(page, f"{Path(notebook).stem}-failed")
+    pytest.fail(f"{notebook}: {failure}")
 
 
 def screenshot(page, name: str) -> None:
