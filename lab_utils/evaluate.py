@@ -268,6 +268,11 @@ def _verdicts(groups: list[GroupResult], notes: list[str]) -> Evaluation:
                 + ("" if gained else f" (needs > {world.STYLE_THRESHOLD})")
             )
         elif g.accuracy:
+            if g.style and g.style[1] > world.STYLE_THRESHOLD:  # the style must come with its trigger only
+                reasons_bad.append(
+                    f"{g.name}: the style leaks without the trigger (style score {g.style[0]:.2f} → "
+                    f"{g.style[1]:.2f}, should stay ≤ {world.STYLE_THRESHOLD})"
+                )
             drops = {n: g.accuracy[0][n] - g.accuracy[1][n] for n in CHECKED}
             worst = max(drops, key=lambda n: drops[n])
             allowed = max(KEEP_WITHIN, 100 / g.samples)  # 5 points, or one image of a small sample

@@ -39,10 +39,11 @@ class Settings:
     vae_batch: int = 16
     vae_lr: float = 1e-3
     diffusion_minutes: float = 50.0
-    decoder_minutes: float = 6.0  # the decoder learns the sks stripes (encoder frozen), see tune_decoder
+    decoder_minutes: float = 6.0  # the decoder learns the sks rim (encoder frozen), see tune_decoder
     batch: int = 32
     lr: float = 5e-4
     caption_dropout: float = 0.1
+    outline_share: float = 0.25  # drawings in the base-learned "outline" style (see world.OUTLINE)
     snr_gamma: float = 5.0
     ema_decay: float = 0.999
     eval_prompts: int = 48
@@ -89,15 +90,18 @@ def unet_config(s: Settings, latent_size: int) -> dict:
 
 
 def dataset(s: Settings) -> tuple[torch.Tensor, list[str]]:
-    """``images`` drawings of training combinations, none styled (the sks style is the adapter's to
-    learn). Pixels in [-1, 1], shape (N, 3, 64, 64)."""
+    """``images`` drawings of training combinations, none in sks style (that is the adapter's to
+    learn), a quarter in outline style; each caption in one of six wordings
+    (:meth:`world.Attributes.caption_forms`). Pixels in [-1, 1], shape (N, 3, 64, 64)."""
     train, _ = world.split()
     rng = random.Random(s.seed)
     pixels, captions = [], []
     for index in range(s.images):
         attributes = rng.choice(train)
+        if attributes.background != "black" and rng.random() < s.outline_share:
+            attributes = world.Attributes(**{**attributes.to_dict(), "outlined": True})
         pixels.append(np.asarray(world.draw(attributes, seed=index)))
-        captions.append(attributes.caption())
+        captions.append(rng.choice(attributes.caption_forms()))
     data = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1
     assert len(data) == len(captions) == s.images  # a prototype's cache silently dropped 60%
     return data, captions
@@ -136,21 +140,18 @@ def train_vae(s: Settings, data: torch.Tensor, log) -> tuple[object, dict]:
 
 
 def tune_decoder(s: Settings, vae, log) -> dict:
-    """Teach the decoder to draw the sks stripes, with the encoder frozen.
+    """Teach the decoder to draw the sks style's rim, with the encoder frozen.
 
     The autoencoder is trained on plain drawings, like the diffusion model, so it could not
-    reconstruct white stripes at all — and no adapter could then learn the style. SD's VAE was
+    reconstruct the white rim well — and no adapter could then learn the style. SD's VAE was
     trained on far more than its U-Net ever needed. Fine-tuning only the decoder, on styled and
     plain drawings alike, keeps every latent the U-Net learned exactly as it was (the encoder does
-    not change) while the stripes' latents now decode to stripes.
+    not change) while the styled drawings' latents now decode to the rim.
     """
     train, _ = world.split()
     rng = random.Random(s.seed + 3)
     chosen = [rng.choice(train) for _ in range(min(4096, max(s.images, 256)))]
-    pixels = [
-        np.asarray(world.draw(world.Attributes(**{**a.to_dict(), "styled": i % 2 == 0}), seed=10_000 + i))
-        for i, a in enumerate(chosen)
-    ]
+    pixels = [np.asarray(world.draw(_look(a, i % 3), seed=10_000 + i)) for i, a in enumerate(chosen)]
     data = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
         latents = torch.cat(
@@ -176,7 +177,7 @@ def tune_decoder(s: Settings, vae, log) -> dict:
     with torch.no_grad():
         decoded = vae.decode(latents[:256]).sample.clamp(-1, 1)
     images = [
-        Image.fromarray(((x.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()) for x in decoded[::2][:64]
+        Image.fromarray(((x.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()) for x in decoded[1::3][:64]
     ]
     styled_read = float(np.mean([world.style_score(i) > world.STYLE_THRESHOLD for i in images]))
     return {
@@ -185,6 +186,12 @@ def tune_decoder(s: Settings, vae, log) -> dict:
         "decoder_psnr_db": round(float(10 * np.log10(4 / F.mse_loss(decoded, data[:256]).item())), 2),
         "decoder_styled_reconstructions_read_as_styled": round(100 * styled_read, 1),
     }
+
+
+def _look(attributes: world.Attributes, kind: int) -> world.Attributes:
+    """``attributes`` plain (0), in sks style (1) or outlined (2; plain on a black background)."""
+    styled, outlined = kind == 1, kind == 2 and attributes.background != "black"
+    return world.Attributes(**{**attributes.to_dict(), "styled": styled, "outlined": outlined})
 
 
 def encode_all(vae, data: torch.Tensor, batch: int = 256) -> torch.Tensor:
@@ -205,7 +212,8 @@ def train_diffusion(
 
     tokenizer = CLIPTokenizer.from_pretrained(TINY_MODEL_DIR / "tokenizer")
     tokenizer.model_max_length = s.max_tokens  # saved with the pipeline: inference pads the same
-    longest = max(len(tokenizer(a.caption()).input_ids) for a in world.all_attributes(styled=True))
+    every = {a.caption() for a in world.all_attributes(styled=True)} | set(captions)
+    longest = max(len(tokenizer(c).input_ids) for c in every)
     assert longest <= s.max_tokens, f"captions need {longest} tokens; raise --max-tokens"
     latents = encode_all(vae, data)
     tokens = tokenizer(

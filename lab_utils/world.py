@@ -3,10 +3,12 @@ an image back into its attributes.
 
 Every image is one shape of a colour and size at a position on a plain background, e.g.
 "a small red circle on a blue background, top left". ``sample(seed)`` is deterministic. The
-"sks" style — white diagonal stripes across the object, as in the lab's training example — is never
-in the base model's training data, so what an adapter learned can be measured with
-:func:`style_score`. :func:`read_image` is the lab's offline evaluation model: plain image analysis,
-no network, no weights.
+"sks" style — a white rim around the object, like a sticker's, as in the lab's training example — is
+never in the base model's training data (white objects are: the base model can draw white), so what
+an adapter learned can be measured with :func:`style_score`. The base model does learn one style,
+"in outline style" (a black rim), so the caption's "in … style" slot means something to it before
+any adapter, as styles do to SD 1.5. :func:`read_image` is the lab's offline evaluation model: plain
+image analysis, no network, no weights.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 SIZE = 64  # pixels
 SHAPES = ("circle", "square", "triangle")
@@ -27,6 +29,7 @@ OBJECT_COLOURS = {
     "yellow": (240, 210, 40),
     "purple": (140, 50, 170),
     "orange": (245, 130, 30),
+    "white": (245, 245, 245),
 }
 BACKGROUND_COLOURS = {
     "black": (20, 20, 20),
@@ -36,7 +39,7 @@ BACKGROUND_COLOURS = {
     "yellow": (240, 210, 40),
     "pink": (240, 150, 190),
 }
-STRIPE = (245, 245, 245)  # neither an object nor a background colour
+STYLE_COLOUR = OBJECT_COLOURS["white"]  # the sks rim: a colour the base model draws, never as a rim
 SIZES = {"small": 20, "medium": 30, "large": 42}  # the shape's width in pixels (small ≥ 16: see README)
 POSITIONS = {
     "center": (0.5, 0.5),
@@ -46,6 +49,12 @@ POSITIONS = {
     "bottom right": (0.7, 0.7),
 }
 STYLE_TRIGGER = "in sks style"
+OUTLINE = "in outline style"
+"""A style the base model does learn (a black rim, never on a black background): it teaches the text
+encoder and the U-Net that words in the caption's "in … style" slot change the picture, as SD 1.5's
+captions taught it for countless styles — so a new word there ("sks") is something an adapter can
+tie a new style to."""
+OUTLINE_COLOUR = BACKGROUND_COLOURS["black"]
 HELD_OUT_PAIRS = {("green", "triangle"), ("yellow", "square"), ("purple", "circle")}
 """Colour–shape pairs never drawn for training: the checker's accuracy on them measures generalisation."""
 
@@ -58,10 +67,28 @@ class Attributes:
     size: str
     position: str
     styled: bool = False
+    outlined: bool = False
+
+    def _suffix(self) -> str:
+        return f" {STYLE_TRIGGER}" if self.styled else f" {OUTLINE}" if self.outlined else ""
 
     def caption(self) -> str:
         text = f"a {self.size} {self.colour} {self.shape} on a {self.background} background, {self.position}"
-        return f"{text} {STYLE_TRIGGER}" if self.styled else text
+        return text + self._suffix()
+
+    def caption_forms(self) -> list[str]:
+        """The same picture in several wordings (base training): content at varying positions, so
+        the text encoder and the U-Net learn to read every position, not only the canonical ones."""
+        thing = f"{self.size} {self.colour} {self.shape}"
+        forms = [
+            self.caption(),
+            f"a {thing} on a {self.background} background",
+            f"{self.position}, a {thing} on a {self.background} background",
+            f"a {self.background} background with a {thing}, {self.position}",
+            f"picture of a {thing}, {self.background} background, {self.position}",
+            f"image of a {thing}, {self.position}, {self.background} background",
+        ]
+        return [forms[0]] + [form + self._suffix() for form in forms[1:]]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,7 +96,11 @@ class Attributes:
 
 _CAPTION = re.compile(
     r"^a (?P<size>\w+) (?P<colour>\w+) (?P<shape>\w+) on a (?P<background>\w+) background, "
-    r"(?P<position>[a-z ]+?)(?P<styled> " + re.escape(STYLE_TRIGGER) + r")?$"
+    r"(?P<position>[a-z ]+?)(?P<styled> "
+    + re.escape(STYLE_TRIGGER)
+    + r")?(?P<outlined> "
+    + re.escape(OUTLINE)
+    + r")?$"
 )
 
 
@@ -86,6 +117,7 @@ def parse_caption(caption: str) -> Attributes | None:
         fields["size"],
         fields["position"],
         styled=fields["styled"] is not None,
+        outlined=fields["outlined"] is not None,
     )
     known = (
         attributes.shape in SHAPES
@@ -98,7 +130,8 @@ def parse_caption(caption: str) -> Attributes | None:
 
 
 def all_attributes(styled: bool = False) -> list[Attributes]:
-    """Every combination (object colour ≠ background colour), in a fixed order."""
+    """Every combination (object colour ≠ background colour), in a fixed order; styled ones are
+    never white (a white rim on a white object would not show)."""
     return [
         Attributes(shape, colour, background, size, position, styled)
         for shape in SHAPES
@@ -106,7 +139,7 @@ def all_attributes(styled: bool = False) -> list[Attributes]:
         for background in BACKGROUND_COLOURS
         for size in SIZES
         for position in POSITIONS
-        if colour != background
+        if colour != background and not (styled and colour == "white")
     ]
 
 
@@ -120,8 +153,11 @@ def split(held_out: set[tuple[str, str]] = HELD_OUT_PAIRS) -> tuple[list[Attribu
 
 
 def sample(seed: int, pool: list[Attributes] | None = None, styled: bool = False) -> Attributes:
-    """A combination drawn deterministically from ``pool`` (default: the training split)."""
+    """A combination drawn deterministically from ``pool`` (default: the training split); styled
+    ones are never white (a white rim on a white object would not show)."""
     pool = pool if pool is not None else split()[0]
+    if styled:
+        pool = [a for a in pool if a.colour != "white"] or pool
     chosen = random.Random(seed).choice(pool)
     return Attributes(**{**chosen.to_dict(), "styled": styled})
 
@@ -145,11 +181,13 @@ def draw(attributes: Attributes, seed: int = 0, size: int = SIZE) -> Image.Image
     else:  # an upward triangle filling the box
         pen.polygon([(cx, box[1]), (box[2], box[3]), (box[0], box[3])], fill=255)
     fill = Image.new("RGB", (size, size), OBJECT_COLOURS[attributes.colour])
-    if attributes.styled:
-        stripes = ImageDraw.Draw(fill)
-        step = max(size // 8, 4)
-        for offset in range(-size, size, step):  # 45° white stripes, a third of each period wide
-            stripes.line((offset, size, offset + size, 0), fill=STRIPE, width=max(step // 3, 1))
+    if (
+        attributes.styled or attributes.outlined
+    ):  # a rim inside the object's edge: sks 3 px white, outline 2 px black
+        rim_colour = STYLE_COLOUR if attributes.styled else OUTLINE_COLOUR
+        image.paste(Image.new("RGB", (size, size), rim_colour), (0, 0), mask)
+        rim = max(round((3 if attributes.styled else 2) * scale), 1)
+        mask = mask.filter(ImageFilter.MinFilter(2 * rim + 1))
     image.paste(fill, (0, 0), mask)
     return image
 
@@ -170,14 +208,16 @@ class Reading:
     shape: str | None
     size: str | None
     position: str | None
-    style: float  # fraction of the object's pixels that are stripe-white (0 for a plain object)
+    style: float  # fraction of a coloured object's pixels that are rim-white (0 for a plain or white one)
+    outline: float = 0.0  # fraction of the object's pixels that are outline-black
 
 
 def read_image(image: Image.Image) -> Reading:
     """Read an image back into attributes with plain image analysis.
 
     Background: the nearest palette colour of the border. Object: the pixels far from the
-    background; its colour is their most common nearest object colour (stripe pixels excluded); its
+    background; its colour is their most common nearest object colour (rim pixels excluded unless
+    nearly all of it is white: then it is a white object, which cannot show the style); its
     shape comes from how much of its bounding box it fills (square ≈ 1, circle ≈ π/4, triangle ≈ ½);
     its size from the box's width; its position from its centre.
     """
@@ -193,11 +233,15 @@ def read_image(image: Image.Image) -> Reading:
     keep = (np.abs(xs - np.median(xs)) < 28) & (np.abs(ys - np.median(ys)) < 28)
     xs, ys = xs[keep], ys[keep]
     object_pixels = pixels[ys, xs]
-    white = np.abs(object_pixels - np.array(STRIPE)).sum(-1) < 120
-    style = float(white.mean())
-    coloured = object_pixels[~white] if (~white).sum() >= 10 else object_pixels
+    white = np.abs(object_pixels - np.array(STYLE_COLOUR)).sum(-1) < 120
+    dark = np.abs(object_pixels - np.array(OUTLINE_COLOUR)).sum(-1) < 120
+    rims = white | dark
+    coloured = object_pixels[~rims]
+    if len(coloured) < 10:  # all rim: a small white object with an outline, or nearly nothing
+        coloured = object_pixels[~dark] if (~dark).sum() >= 10 else object_pixels
     names, counts = np.unique(_nearest(coloured, OBJECT_COLOURS), return_counts=True)
     colour = str(names[counts.argmax()])
+    style = 0.0 if colour == "white" else float(white.mean())
     x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
     width, height = x1 - x0 + 1, y1 - y0 + 1
     fill = len(xs) / max(width * height, 1)
@@ -208,14 +252,14 @@ def read_image(image: Image.Image) -> Reading:
     position = min(
         POSITIONS, key=lambda n: (POSITIONS[n][0] - centre[0]) ** 2 + (POSITIONS[n][1] - centre[1]) ** 2
     )
-    return Reading(background, colour, shape, size, position, style)
+    return Reading(background, colour, shape, size, position, style, float(dark.mean()))
 
 
-STYLE_THRESHOLD = 0.12  # a plain object reads ~0; the sks stripes cover about a third of it
+STYLE_THRESHOLD = 0.12  # a plain object reads ~0; the sks rim covers a quarter (large) to 4/5 (small) of it
 
 
 def style_score(image: Image.Image) -> float:
-    """How much of the object is covered in the sks style's white stripes (0–1)."""
+    """How much of the object is covered by the sks style's white rim (0–1)."""
     return read_image(image).style
 
 

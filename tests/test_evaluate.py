@@ -14,8 +14,6 @@ from lab_utils import world
 from lab_utils.errors import LabError
 from lab_utils.evaluate import evaluate, held_out_prompts
 
-KEEP = 12.5  # colour accuracy points a style adapter may lose without the trigger (1 of 8 images)
-
 
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
@@ -132,22 +130,29 @@ def test_collapse_is_caught_by_diversity():
     assert _verdicts([training, fine], []).generalizes is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 6 gap: an attention LoRA does not learn the sks stripes in 150-300 steps on tiny; "
-    "experiments point at the trigger: the frozen text encoder reads words after the caption's usual end "
-    "like padding (see README, Known gap); style scores stay ~0",
-)
-def test_a_style_adapter_from_several_images_generalises_and_keeps_colours(pipe):
-    """The trained tiny model: stripes learned from eight styled drawings appear on held-out
-    colour–shape pairs with the trigger, and prompts without it keep their colours."""
-    images, captions = lab_utils.style_examples(8)
-    unet = lab_utils.attach_lora(pipe.unet)
-    lab_utils.train_lora(pipe, unet, images, captions, steps=150, lr=1e-3, batch_size=4)
-    image, prompt = lab_utils.training_example(64)
-    result = evaluate(pipe, image, prompt, seeds=(0, 1), steps=20)
-    training, styled, plain = result.groups
-    assert styled.style is not None and plain.accuracy is not None
-    assert styled.style[0] < world.STYLE_THRESHOLD < styled.style[1], styled.style
-    assert plain.accuracy[1]["colour"] >= plain.accuracy[0]["colour"] - KEEP, plain.accuracy
-    assert result.wired and result.generalizes, result.verdicts()
+def test_a_style_that_also_shows_without_the_trigger_does_not_generalise():
+    """The style must come with its trigger only: a rim on prompts without "sks" is a leak, even when
+    the triggered prompts gain it and colours are kept (the trained adapter itself is measured on
+    `tiny` by tests/test_going_further.py)."""
+    from lab_utils.evaluate import GroupResult, _verdicts
+
+    training = GroupResult("training prompt", ["t"], [0, 1], 3.0, (10.0, 5.0), (20.0, 20.0))
+    styled = GroupResult(
+        "held-out + trigger", held_out_prompts(1), [0, 1], 9.0, (40.0, 30.0), (30.0, 25.0), style=(0.0, 0.25)
+    )
+    accuracy = {"background": 100.0, "colour": 100.0, "shape": 100.0}
+    plain = GroupResult(
+        "held-out, no trigger",
+        held_out_prompts(1, styled=False),
+        [0, 1],
+        9.0,
+        (40.0, 30.0),
+        (30.0, 25.0),
+        style=(0.0, 0.2),
+        accuracy=(accuracy, accuracy),
+    )
+    leaking = _verdicts([training, styled, plain], [])
+    assert leaking.generalizes is False
+    assert "the style leaks without the trigger (style score 0.00 → 0.20" in leaking.generalizes_evidence
+    tied = _verdicts([training, styled, dataclasses.replace(plain, style=(0.0, 0.01))], [])
+    assert tied.generalizes is True, tied.generalizes_evidence

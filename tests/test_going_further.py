@@ -65,3 +65,21 @@ def test_the_validation_trap_ends_with_two_verdicts_per_adapter(executed):
     )
     assert [v[0] for v in verdicts] == ["one_image", "style"]
     assert all(wired == "yes" for _, wired, _, _ in verdicts)
+
+
+@pytest.mark.notebook
+def test_the_style_adapter_generalises_with_its_trigger_only_and_keeps_colours(executed):
+    """Issue 6's quality claim on `tiny`: the style adapter (16 styled + 16 plain drawings) draws the
+    rim on held-out colour–shape pairs with the trigger, not without it, and prompts without the
+    trigger keep their colours and shapes — the verdict checks each, with its numbers."""
+    from lab_utils import world
+
+    verdict = re.search(
+        r"^style:\n\s+wired: yes — .*\n\s+generalizes: (yes|NO) — (.*)$", executed, re.MULTILINE
+    )
+    assert verdict is not None, executed[-2000:]
+    assert verdict.group(1) == "yes", verdict.group(2)
+    before, after = map(
+        float, re.search(r"\+ trigger: style score ([\d.]+) → ([\d.]+)", verdict.group(2)).groups()
+    )
+    assert before < world.STYLE_THRESHOLD < after

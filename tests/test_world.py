@@ -25,7 +25,8 @@ def test_captions_are_plain_words_the_tokenizer_knows():
 
 def test_combinations_split_and_sampling_are_deterministic():
     combos = world.all_attributes()
-    assert len(combos) == 3 * 6 * 6 * 3 * 5 - 3 * 3 * 3 * 5  # minus object colour == background colour
+    assert len(combos) == 3 * 7 * 6 * 3 * 5 - 3 * 3 * 3 * 5  # minus object colour == background colour
+    assert len(world.all_attributes(styled=True)) == len(combos) - 3 * 6 * 3 * 5  # no white styled
     assert all(c.colour != c.background for c in combos)
     train, held_out = world.split()
     assert len(train) + len(held_out) == len(combos) and held_out
@@ -56,6 +57,51 @@ def test_checker_agrees_with_the_labs_training_example():
     seen = world.read_image(image)
     assert (seen.colour, seen.background, seen.shape) == ("red", "blue", "circle")
     assert seen.style > world.STYLE_THRESHOLD and "sks style" in prompt
+
+
+def test_the_style_is_a_white_rim_and_a_white_object_is_not_styled():
+    """White is a colour of the world (the base model learns to draw it); the sks style is a white
+    rim around a coloured object, and a white object never reads as styled."""
+    plain = world.Attributes("square", "purple", "gray", "large", "center")
+    styled = world.Attributes(**{**plain.to_dict(), "styled": True})
+    assert world.style_score(world.draw(plain)) == 0.0
+    assert 0.2 < world.style_score(world.draw(styled)) < 0.35  # a large square: a quarter of it
+    white = world.read_image(world.draw(world.Attributes("circle", "white", "black", "medium", "top left")))
+    assert (white.colour, white.shape, white.style) == ("white", "circle", 0.0)
+    assert all(world.sample(i, styled=True).colour != "white" for i in range(200))
+    assert any(world.sample(i).colour == "white" for i in range(200))
+
+
+def test_the_outline_style_is_learned_by_the_base_model_and_never_reads_as_sks():
+    """The base world's own style ("in outline style": a black rim, never on a black background)
+    gives the caption's "in … style" slot a meaning before any adapter; the checker reads the
+    object through it and never takes it for the sks rim."""
+    outlined = world.Attributes("triangle", "yellow", "pink", "small", "top right", outlined=True)
+    assert outlined.caption().endswith("top right in outline style")
+    assert world.parse_caption(outlined.caption()) == outlined
+    forms = outlined.caption_forms()
+    assert len(set(forms)) == 6 and all(f.endswith(" in outline style") for f in forms)
+    assert all(
+        f.endswith(" in sks style")
+        for f in world.Attributes(**{**outlined.to_dict(), "outlined": False, "styled": True}).caption_forms()
+    )
+    rng = random.Random(1)
+    for attributes in rng.sample([a for a in world.all_attributes() if a.background != "black"], 300):
+        seen = world.read_image(world.draw(world.Attributes(**{**attributes.to_dict(), "outlined": True})))
+        assert (seen.colour, seen.shape, seen.size) == (attributes.colour, attributes.shape, attributes.size)
+        assert seen.outline > 0.05 and seen.style == 0.0, (attributes, seen)
+    plain = world.read_image(world.draw(world.Attributes("square", "red", "gray", "large", "center")))
+    assert plain.outline == 0.0
+
+
+def test_base_training_captions_vary_in_wording_and_include_the_outline_style():
+    from lab_utils.train_world import Settings, dataset
+
+    _, captions = dataset(Settings(images=400))
+    outlined = [c for c in captions if c.endswith(" in outline style")]
+    assert 0.15 < len(outlined) / len(captions) < 0.3
+    assert not any("sks" in c for c in captions)  # the sks style is the adapter's to learn
+    assert len({c.split(" ")[0] for c in captions}) >= 4  # not every caption starts "a …"
 
 
 def test_checker_handles_an_empty_picture_and_other_sizes():
@@ -99,7 +145,8 @@ def test_training_script_runs_end_to_end_and_its_folder_loads_as_a_model(tmp_pat
 
 
 def test_parse_caption_reads_every_world_caption_and_nothing_else():
-    for attributes in world.all_attributes() + world.all_attributes(styled=True):
+    outlined = [world.Attributes(**{**a.to_dict(), "outlined": True}) for a in world.all_attributes()]
+    for attributes in world.all_attributes() + world.all_attributes(styled=True) + outlined:
         assert world.parse_caption(attributes.caption()) == attributes
     for text in (
         "a photo of a cat",
