@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,6 +50,14 @@ def test_tiny_ships_trained_weights_that_draw_the_world(pipe):
     assert tiny_model_dir() == TINY_MODEL_DIR and 5e6 < weights <= 20e6
     record = json.loads((TINY_MODEL_DIR / "training.json").read_text())
     assert {"settings", "metrics", "versions", "parameters"} <= set(record)
+    recorded = record["metrics"]["held_out_accuracy"]  # issue 6's targets, on 96 held-out prompts
+    assert record["settings"]["eval_prompts"] == 96
+    assert recorded["background"] >= 90 and recorded["colour"] >= 85 and recorded["shape"] >= 70, recorded
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    row = " | ".join(
+        f"{recorded[k]:g}%" for k in ("background", "colour", "shape", "size", "position", "style")
+    )
+    assert f"| {row} |" in readme, row  # the README shows the shipped model's figures
     from lab_utils import world
 
     _, held_out = world.split()
