@@ -181,9 +181,8 @@ def draw(attributes: Attributes, seed: int = 0, size: int = SIZE) -> Image.Image
     else:  # an upward triangle filling the box
         pen.polygon([(cx, box[1]), (box[2], box[3]), (box[0], box[3])], fill=255)
     fill = Image.new("RGB", (size, size), OBJECT_COLOURS[attributes.colour])
-    if (
-        attributes.styled or attributes.outlined
-    ):  # a rim inside the object's edge: sks 3 px white, outline 2 px black
+    if attributes.styled or attributes.outlined:
+        # a rim inside the object's edge: sks 3 px white (a sticker's edge), outline 2 px black
         rim_colour = STYLE_COLOUR if attributes.styled else OUTLINE_COLOUR
         image.paste(Image.new("RGB", (size, size), rim_colour), (0, 0), mask)
         rim = max(round((3 if attributes.styled else 2) * scale), 1)
@@ -216,8 +215,9 @@ def read_image(image: Image.Image) -> Reading:
     """Read an image back into attributes with plain image analysis.
 
     Background: the nearest palette colour of the border. Object: the pixels far from the
-    background; its colour is their most common nearest object colour (rim pixels excluded unless
-    nearly all of it is white: then it is a white object, which cannot show the style); its
+    background; its colour is their most common nearest object colour (white and black rim pixels
+    excluded, unless that leaves almost nothing: then it is a white object, which cannot show the
+    sks style); ``style`` and ``outline`` are the shares of white and black pixels; its
     shape comes from how much of its bounding box it fills (square ≈ 1, circle ≈ π/4, triangle ≈ ½);
     its size from the box's width; its position from its centre.
     """
