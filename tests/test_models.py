@@ -71,6 +71,22 @@ def test_tiny_ships_trained_weights_that_draw_the_world(pipe):
     assert hits["background"] >= 6 and hits["colour"] >= 6, hits  # random weights: ~1 in 6 each
 
 
+def test_tiny_draws_its_outline_style_on_held_out_pairs_and_never_the_sks_rim(pipe):
+    """The base model's own style: "… in outline style" on colour–shape pairs it never saw draws a
+    black rim (the slot an adapter's "sks" later fills means something), and never the white one."""
+    from lab_utils import world
+
+    _, held_out = world.split()
+    asked = [a for a in held_out[::37][:12] if a.background != "black"][:4]
+    readings = []
+    for i, attributes in enumerate(asked):
+        outlined = world.Attributes(**{**attributes.to_dict(), "outlined": True})
+        image = lab_utils.generate(pipe, outlined.caption(), seed=i, steps=20, guidance=3.0)
+        readings.append(world.read_image(image))
+    assert sum(r.outline > 0.05 for r in readings) >= 3, readings
+    assert all(r.style <= world.STYLE_THRESHOLD for r in readings), readings
+
+
 def test_a_local_diffusers_folder_loads_like_sd15_on_a_pod(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "sd")
     again = lab_utils.load_pipeline(str(tmp_path / "sd"), device="cpu")

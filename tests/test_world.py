@@ -72,7 +72,7 @@ def test_the_style_is_a_white_rim_and_a_white_object_is_not_styled():
     assert any(world.sample(i).colour == "white" for i in range(200))
 
 
-def test_the_outline_style_is_learned_by_the_base_model_and_never_reads_as_sks():
+def test_the_outline_style_reads_back_and_never_as_sks():
     """The base world's own style ("in outline style": a black rim, never on a black background)
     gives the caption's "in … style" slot a meaning before any adapter; the checker reads the
     object through it and never takes it for the sks rim."""
