@@ -19,7 +19,7 @@ import argparse
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +99,7 @@ def dataset(s: Settings) -> tuple[torch.Tensor, list[str]]:
     for index in range(s.images):
         attributes = rng.choice(train)
         if attributes.background != "black" and rng.random() < s.outline_share:
-            attributes = world.Attributes(**{**attributes.to_dict(), "outlined": True})
+            attributes = replace(attributes, outlined=True)
         pixels.append(np.asarray(world.draw(attributes, seed=index)))
         captions.append(rng.choice(attributes.caption_forms()))
     data = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -191,7 +191,7 @@ def tune_decoder(s: Settings, vae, log) -> dict:
 def _look(attributes: world.Attributes, kind: int) -> world.Attributes:
     """``attributes`` plain (0), in sks style (1) or outlined (2; plain on a black background)."""
     styled, outlined = kind == 1, kind == 2 and attributes.background != "black"
-    return world.Attributes(**{**attributes.to_dict(), "styled": styled, "outlined": outlined})
+    return replace(attributes, styled=styled, outlined=outlined)
 
 
 def encode_all(vae, data: torch.Tensor, batch: int = 256) -> torch.Tensor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -69,26 +69,23 @@ class Attributes:
     styled: bool = False
     outlined: bool = False
 
-    def _suffix(self) -> str:
-        return f" {STYLE_TRIGGER}" if self.styled else f" {OUTLINE}" if self.outlined else ""
-
     def caption(self) -> str:
-        text = f"a {self.size} {self.colour} {self.shape} on a {self.background} background, {self.position}"
-        return text + self._suffix()
+        return self.caption_forms()[0]
 
     def caption_forms(self) -> list[str]:
         """The same picture in several wordings (base training): content at varying positions, so
         the text encoder and the U-Net learn to read every position, not only the canonical ones."""
         thing = f"{self.size} {self.colour} {self.shape}"
         forms = [
-            self.caption(),
+            f"a {thing} on a {self.background} background, {self.position}",  # the canonical caption
             f"a {thing} on a {self.background} background",
             f"{self.position}, a {thing} on a {self.background} background",
             f"a {self.background} background with a {thing}, {self.position}",
             f"picture of a {thing}, {self.background} background, {self.position}",
             f"image of a {thing}, {self.position}, {self.background} background",
         ]
-        return [forms[0]] + [form + self._suffix() for form in forms[1:]]
+        suffix = f" {STYLE_TRIGGER}" if self.styled else f" {OUTLINE}" if self.outlined else ""
+        return [form + suffix for form in forms]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,7 +156,7 @@ def sample(seed: int, pool: list[Attributes] | None = None, styled: bool = False
     if styled:
         pool = [a for a in pool if a.colour != "white"] or pool
     chosen = random.Random(seed).choice(pool)
-    return Attributes(**{**chosen.to_dict(), "styled": styled})
+    return replace(chosen, styled=styled)
 
 
 def draw(attributes: Attributes, seed: int = 0, size: int = SIZE) -> Image.Image:
