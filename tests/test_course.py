@@ -274,6 +274,13 @@ def test_an_interrupted_batch_resumes_without_regrading(tmp_path):
     assert {name: (results / name / "report.json").stat().st_mtime_ns for name in first} == first
     book = read_gradebook(results / "gradebook.csv")
     assert set(book) == {"a1", "a2"} and all(row["status"] == "passed" for row in book.values())
+    pixel = {  # the notebook seeds the LoRA init, so one notebook grades the same every time
+        name: {c["name"]: c for c in json.loads((results / name / "report.json").read_text())["checks"]}[
+            "pixel_difference"
+        ]["value"]
+        for name in ("a1", "a2")
+    }
+    assert abs(pixel["a1"] - pixel["a2"]) < 0.01, pixel  # unseeded, gradings differed by ~1
 
 
 # --- the learner's self-check ------------------------------------------------------------------------
