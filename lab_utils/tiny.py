@@ -10,6 +10,7 @@ durations, held-out checker accuracy). It ships inside the package, so it loads 
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 
 from lab_utils.errors import LabError
@@ -18,7 +19,7 @@ TINY_MODEL_DIR = Path(__file__).parent / "tiny_model"
 
 # Words the lab's prompts use; each becomes one token (any other text still tokenizes, by bytes).
 TINY_WORDS = """
-a an the of on in with and at photo picture drawing painting image style sks
+a an the of on in with and at photo picture drawing painting image style sks outline
 small medium large big tiny circle square triangle star shape object
 red green blue yellow purple orange white black gray grey pink brown cyan
 background top bottom left right center middle corner stripes striped diagonal
@@ -39,23 +40,45 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, [chr(c) for c in cs], strict=True))
 
 
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP's BPE: merge the lowest-ranked adjacent pair until none of the merges applies."""
+    while len(symbols) > 1:
+        pairs = {(a, b): ranks.get((a, b), len(ranks)) for a, b in pairwise(symbols)}
+        best = min(pairs, key=pairs.__getitem__)
+        if best not in ranks:
+            break
+        merged: list[str] = []
+        i = 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                merged.append(symbols[i] + symbols[i + 1])
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols = merged
+    return symbols
+
+
 def build_tokenizer_files(words: list[str] = TINY_WORDS) -> tuple[dict[str, int], list[str]]:
     """CLIP BPE vocabulary and merges: every byte (with and without ``</w>``) plus one token per word.
 
-    Each word gets a left-to-right chain of merges, so it tokenizes to a single token.
+    BPE merges by rank, not left to right: each word is first split by the merges the earlier words
+    added, then its pieces are joined left to right by new (later-ranked) merges. Later merges never
+    apply while an earlier one can, so every word ends as one token and earlier words stay whole.
     """
     chars = list(_bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars]
     merges: list[str] = []
+    ranks: dict[tuple[str, str], int] = {}
     for word in dict.fromkeys(words):  # ordered, unique
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
-        left = symbols[0]
-        for right in symbols[1:]:
-            merge = f"{left} {right}"
+        pieces = _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
+        left = pieces[0]
+        for right in pieces[1:]:
+            ranks[(left, right)] = len(merges)
+            merges.append(f"{left} {right}")
             left = left + right
-            if merge not in merges:
-                merges.append(merge)
-                tokens.append(left)
+            tokens.append(left)
     tokens = list(dict.fromkeys(tokens)) + ["<|startoftext|>", "<|endoftext|>"]
     return {t: i for i, t in enumerate(tokens)}, merges
 

@@ -19,7 +19,7 @@ SOLUTION = ROOT / "notebooks" / "sd_lora_lab_solution.ipynb"
 STUDENT = ROOT / "notebooks" / "sd_lora_lab.ipynb"
 RELIABILITY = ROOT / "docs" / "RELIABILITY.md"
 
-LR0 = ("TRAIN_STEPS, LEARNING_RATE = 30, 1e-3", "TRAIN_STEPS, LEARNING_RATE = 30, 0.0")
+LR0 = ("TRAIN_STEPS, LEARNING_RATE = 50, 3e-3", "TRAIN_STEPS, LEARNING_RATE = 50, 0.0")
 STEP3 = "TRAIN_STEPS, LEARNING_RATE"  # the first line of step 3's cell
 ADAPTED = "adapted_image = lab_utils.generate(pipe, PROMPT, seed=SEED,"
 

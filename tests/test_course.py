@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKS = ROOT / "notebooks" / "source" / "sd_lora_lab.checks.toml"
 SCHEMA_JSON = json.loads(SCHEMA.read_text())
 
-LR0 = ("TRAIN_STEPS, LEARNING_RATE = 30, 1e-3", "TRAIN_STEPS, LEARNING_RATE = 30, 0.0")
+LR0 = ("TRAIN_STEPS, LEARNING_RATE = 50, 3e-3", "TRAIN_STEPS, LEARNING_RATE = 50, 0.0")
 RANK8 = ("RANK, ALPHA = 4, 4", "RANK, ALPHA = 8, 8")
 OTHER_SEED = (
     "adapted_image = lab_utils.generate(pipe, PROMPT, seed=SEED,",

@@ -65,15 +65,18 @@ def test_the_validation_trap_ends_with_two_verdicts_per_adapter(executed):
     )
     assert [v[0] for v in verdicts] == ["one_image", "style"]
     assert all(wired == "yes" for _, wired, _, _ in verdicts)
+    # the trap: the one-image adapter fails on held-out prompts, the style adapter passes
+    assert [general for _, _, general, _ in verdicts] == ["NO", "yes"], verdicts
 
 
 @pytest.mark.notebook
 def test_the_style_adapter_generalises_with_its_trigger_only_and_keeps_colours(executed):
-    """Issue 6's quality claim on `tiny`: the style adapter (16 styled + 16 plain drawings) raises the
-    style score on held-out colour–shape pairs with the trigger, not without it, and prompts without
-    the trigger keep their colours. (Its verdict is "yes" at the notebook's seed — 0.13 > 0.12 — but
-    other LoRA inits gave 0.09–0.24 on this CPU, so the test asserts the rise, not the threshold.)"""
+    """Issue 6's quality claim on `tiny`: the style adapter (16 styled + 16 plain drawings) draws the
+    rim on held-out colour–shape pairs with the trigger (verdict "yes": 0.29 at the notebook's seed,
+    0.21–0.32 for inits 0–3 on this CPU), not without it, and prompts without the trigger keep their
+    colours."""
     block = executed[executed.index("\nstyle:\n") :]
+    assert re.search(r"^\s+generalizes: yes — ", block, flags=re.MULTILINE), block[:600]
     lines = dict(re.findall(r"^\s+(held-out prompts[^:]*): (style .*)$", block, flags=re.MULTILINE))
     numbers = {name: [float(x) for x in re.findall(r"(\d+(?:\.\d+)?)", text)] for name, text in lines.items()}
     before, after, colour_before, colour_after = numbers["held-out prompts + trigger"]

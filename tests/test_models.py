@@ -25,15 +25,19 @@ def test_tiny_is_real_sd_classes_on_cpu_fp32(pipe):
     assert lab_utils.native_size(pipe) == 64
 
 
-def test_tiny_tokenizer_keeps_lab_words_whole(pipe):
-    assert pipe.tokenizer.tokenize("a red circle in sks style") == [
-        "a</w>",
-        "red</w>",
-        "circle</w>",
-        "in</w>",
-        "sks</w>",
-        "style</w>",
-    ]
+def test_tiny_tokenizer_keeps_every_lab_word_whole(pipe):
+    """BPE merges by rank, so one word's merges can split another ("g r" from "green" once split
+    "background" into six pieces): every word of every caption wording must be a single token."""
+    from lab_utils import world
+    from lab_utils.tiny import TINY_WORDS
+
+    assert [pipe.tokenizer.tokenize(w) for w in TINY_WORDS] == [[f"{w}</w>"] for w in TINY_WORDS]
+    outlined = world.Attributes("triangle", "green", "pink", "large", "bottom right", outlined=True)
+    styled = world.Attributes("star", "yellow", "black", "small", "top left", styled=True)
+    for attributes in (outlined, styled):
+        for caption in attributes.caption_forms():
+            words = caption.replace(",", " ,").split()
+            assert pipe.tokenizer.tokenize(caption) == [f"{w}</w>" for w in words], caption
     assert pipe.tokenizer.tokenize("zebra")  # any text still tokenizes (bytes)
 
 
@@ -52,6 +56,11 @@ def test_tiny_ships_trained_weights_that_draw_the_world(pipe):
     assert {"settings", "metrics", "versions", "parameters"} <= set(record)
     recorded = record["metrics"]["held_out_accuracy"]  # issue 6's targets, on 96 held-out prompts
     assert record["settings"]["eval_prompts"] == 96
+    run, seconds = record, 0  # the whole run, every resumed stage included, took under 2 hours here
+    while run:
+        seconds += run["metrics"]["total_seconds"]
+        run = run["metrics"].get("resumed_from")
+    assert seconds <= 2 * 3600, seconds
     assert recorded["background"] >= 90 and recorded["colour"] >= 85 and recorded["shape"] >= 70, recorded
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     row = " | ".join(
