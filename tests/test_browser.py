@@ -217,7 +217,7 @@ def test_solution_runs_clean_with_images_and_widget_progress_bars(lab, browser):
     assert page.locator(f"{PANEL} .jp-RenderedHTMLCommon table").count() >= 2  # describe(pipe)
     text = page.locator(PANEL).inner_text()
     assert "visible checks only" in text
-    # step 4 on tiny: the 100 overfit steps draw the sks rim the base model never drew (issue 6)
+    # step 4 on tiny: the 50 overfit steps draw the sks rim the base model never drew (issue 6)
     before, after = map(float, re.search(r"sks style score: (\d+\.\d+) → (\d+\.\d+)", text).groups())
     assert before <= 0.05 and after > 0.12, (before, after)
     page.close()
