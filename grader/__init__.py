@@ -1,7 +1,19 @@
 """The SD LoRA Lab autograder: execute a notebook headlessly, then verify what it produced.
 
-Names are imported on first use, so the sandbox launcher and the kernel entry point
-(``python -m grader.sandbox``, ``python -m grader.kernel``) start without importing torch.
+The pipeline, one stage per module or package, each importing only the stages before it:
+
+- ``types`` — the shared data (``CheckResult``, ``GradeReport``, ``StepFailure``, the submission key),
+  standard library only; ``config`` — the typed grading config and its one validator; ``notebook`` —
+  reading notebooks and their steps;
+- ``execute/`` — the notebook in a fresh kernel (nbclient), inside the sandbox, through the kernel entry;
+- ``artefacts`` — the trust boundary: what the kernel saved, read back as untrusted files;
+- ``checks/`` — one module per check, each declared once, run by ``verify``;
+- ``outputs/`` — the console table, Gradescope's results.json, the feedback, the gradebook;
+- ``grade`` — one submission through the stages; ``batch`` — many, as separate processes;
+  ``release`` — student and solution notebooks from one source; ``selfcheck`` — ``grader.check()``.
+
+Names are imported on first use, so the sandbox launcher, the kernel entry point and the light
+commands (``gradebook``, ``release``) start without importing torch.
 """
 
 from __future__ import annotations
@@ -12,7 +24,8 @@ from typing import Any
 _EXPORTS = {
     "GradingConfig": "grader.config",
     "load_config": "grader.config",
-    "GradeReport": "grader.grade",
+    "GradeReport": "grader.types",
+    "CheckResult": "grader.types",
     "grade_notebook": "grader.grade",
     "check": "grader.selfcheck",
     "course_config": "grader.selfcheck",

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from lab_utils.errors import LabError
-from lab_utils.models import model_from_env
+from lab_utils.models import model_from_env, resolve_model
 
 COMMANDS = ("release", "batch", "gradebook", "verify")
 
@@ -113,13 +112,12 @@ def _config(args: argparse.Namespace):
     from grader.config import GradingConfig, load_config
 
     config = load_config(args.checks) if args.checks else GradingConfig()
-    if args.timeout is not None:
-        config = replace(config, total_timeout=args.timeout)
-    if args.cell_timeout is not None:
-        config = replace(config, cell_timeout=args.cell_timeout)
-    if getattr(args, "sandbox", None) is not None:
-        config = replace(config, sandbox=args.sandbox)
-    return config
+    return config.with_command_line(args.timeout, args.cell_timeout, args.sandbox)
+
+
+def _model(args: argparse.Namespace):
+    """The model, resolved once at the boundary: what travels on is the ModelSpec."""
+    return resolve_model(args.model or model_from_env())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,11 +145,11 @@ def main(argv: list[str] | None = None) -> int:
 def _grade(args: argparse.Namespace) -> int:
     from grader.files import write_json
     from grader.grade import grade_notebook
-    from grader.report import print_report
+    from grader.outputs.console import print_report
 
     config = _config(args)
     report = grade_notebook(
-        args.notebook, args.model or model_from_env(), config, output=args.results, submission=args.submission
+        args.notebook, _model(args), config, output=args.results, submission=args.submission
     )
     print_report(report)
     if args.json is not None:
@@ -169,25 +167,19 @@ def _release(args: argparse.Namespace) -> int:
 
 def _batch(args: argparse.Namespace) -> int:
     from grader.batch import run_batch
-    from grader.report import print_summary
+    from grader.outputs.console import print_summary
 
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
     summary = run_batch(
-        args.submissions,
-        args.output,
-        args.model or model_from_env(),
-        _config(args),
-        args.checks,
-        args.workers,
-        gpus,
+        args.submissions, args.output, _model(args), _config(args), args.checks, args.workers, gpus
     )
     print_summary(summary, args.output)
     return 0
 
 
 def _gradebook(args: argparse.Namespace) -> int:
-    from grader.batch import write_gradebook
-    from grader.report import print_summary
+    from grader.outputs.console import print_summary
+    from grader.outputs.gradebook import write_gradebook
 
     print_summary(write_gradebook(args.results), args.results)
     return 0
@@ -197,7 +189,7 @@ def _verify(args: argparse.Namespace) -> int:
     from grader.artefacts import read_artefacts
     from grader.checks import verify
     from grader.files import write_json
-    from grader.report import print_checks
+    from grader.outputs.console import print_checks
 
     config = _config(args)
     if not args.artefacts.is_dir():
@@ -207,7 +199,7 @@ def _verify(args: argparse.Namespace) -> int:
         if args.visible_only
         else (lambda name: True)
     )
-    checks = list(verify(read_artefacts(args.artefacts), args.model or model_from_env(), config, None, only))
+    checks = list(verify(read_artefacts(args.artefacts), _model(args), config, None, only))
     title = (
         "self-check — visible checks only (the grader also runs hidden checks)" if args.visible_only else None
     )

@@ -22,7 +22,6 @@ from grader.files import write_json
 
 MANIFEST = "manifest.json"
 EVALUATION = "evaluation.json"
-DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 IMAGE_NAMES = ("baseline_image", "adapted_image")
 
 
@@ -39,7 +38,7 @@ def save_artefacts(directory: str | os.PathLike[str], namespace: dict) -> None:
     """Save what the notebook produced. Never raises: problems are recorded in the manifest."""
     from peft import PeftModel
 
-    from lab_utils.generate import RECORD_KEY
+    from lab_utils.generation import RECORD_KEY
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +86,7 @@ MAX_EXPORTS = 4  # exported adapter files copied for the optional export check
 def _save_evaluation(out: Path, namespace: dict, manifest: dict) -> None:
     """The first ``lab_utils.evaluate`` result in the namespace: its prompts, seeds, settings and
     claimed pixel changes (the grader recomputes them)."""
-    from lab_utils.evaluate import Evaluation
+    from lab_utils.evaluation import Evaluation
 
     for name, value in namespace.items():
         if not name.startswith("_") and isinstance(value, Evaluation):
@@ -99,12 +98,14 @@ def _save_evaluation(out: Path, namespace: dict, manifest: dict) -> None:
 def _save_exports(out: Path, namespace: dict, manifest: dict) -> None:
     """Adapter files the notebook exported (``export_adapter`` returns a Path): every top-level
     ``Path`` to a ``.safetensors`` file other than a PEFT folder's, copied as ``exports/NAME.safetensors``."""
+    from lab_utils.adapters.schemes import DIFFUSERS_FILE, PEFT_WEIGHTS
+
     exports: dict[str, str] = {}
     for name, value in namespace.items():
         if name.startswith("_") or not isinstance(value, Path) or len(exports) >= MAX_EXPORTS:
             continue
         file = value / DIFFUSERS_FILE if value.is_dir() else value
-        if file.suffix != ".safetensors" or file.name == "adapter_model.safetensors" or not file.is_file():
+        if file.suffix != ".safetensors" or file.name == PEFT_WEIGHTS or not file.is_file():
             continue
         if file.stat().st_size > MAX_ADAPTER_BYTES:  # a model's weights, not an adapter
             continue

@@ -6,8 +6,6 @@ slow or crashing submission never affects another; a hard timeout kills the whol
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import queue
@@ -17,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +29,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from grader.config import DEFAULT_CHECKS, OPTIONAL_CHECKS, GradingConfig
-from grader.files import write_json, write_text
-from grader.grade import GradeReport, submission_key
+from grader.config import GradingConfig
+from grader.files import write_json
+from grader.outputs.gradebook import write_gradebook
+from grader.types import GradeReport, submission_key
 from lab_utils.errors import LabError
+from lab_utils.models import ModelSpec
 
 GRADE_MARGIN = 300.0  # s beyond the notebook's total timeout for loading models and verifying
 
@@ -91,20 +90,24 @@ def find_submissions(folder: Path) -> list[Submission]:
     return found
 
 
-def already_graded(submission: Submission, results: Path, config: GradingConfig, model: str) -> bool:
+def key_of(submission: Submission, config: GradingConfig, model: ModelSpec) -> str:
+    return submission_key(submission.path.read_bytes(), config, model.key)
+
+
+def already_graded(submission: Submission, results: Path, config: GradingConfig, model: ModelSpec) -> bool:
     """A finished report whose key (notebook content + checks + model) matches: skip it on resume."""
     try:
         report = json.loads((results / submission.id / "report.json").read_text())
     except (OSError, ValueError):
         return False
-    key = submission_key(submission.path.read_bytes(), config, model)
+    key = key_of(submission, config, model)
     return report.get("status") in {"graded", "error", "timeout"} and report.get("key") == key
 
 
 def _grade_one(
     submission: Submission,
     results: Path,
-    model: str,
+    model: ModelSpec,
     checks: Path | None,
     config: GradingConfig,
     gpu: str | None,
@@ -113,9 +116,18 @@ def _grade_one(
 ) -> str:
     out = results / submission.id
     out.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "grader", str(submission.path), "--model", model, "--results", str(out)]
-    command += ["--submission", submission.id, "--timeout", str(config.total_timeout)]
-    command += ["--cell-timeout", str(config.cell_timeout), "--sandbox", config.sandbox]
+    command = [
+        sys.executable,
+        "-m",
+        "grader",
+        str(submission.path),
+        "--model",
+        model.source,
+        "--results",
+        str(out),
+    ]
+    command += ["--submission", submission.id, "--timeout", str(config.timeouts.total)]
+    command += ["--cell-timeout", str(config.timeouts.cell), "--sandbox", config.limits.sandbox]
     if checks is not None:
         command += ["--checks", str(checks)]
     env = dict(os.environ)
@@ -131,7 +143,7 @@ def _grade_one(
         if process is None:
             return "stopped"
         try:
-            code = process.wait(timeout=config.total_timeout + GRADE_MARGIN)
+            code = process.wait(timeout=config.timeouts.total + GRADE_MARGIN)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
@@ -156,7 +168,7 @@ def _failed_report(
     out: Path,
     submission: Submission,
     config: GradingConfig,
-    model: str,
+    model: ModelSpec,
     status: str,
     reason: str,
     start: float,
@@ -165,13 +177,10 @@ def _failed_report(
     report = GradeReport(
         submission=submission.id,
         notebook=str(submission.path),
-        model=model,
-        key=submission_key(submission.path.read_bytes(), config, model),
+        model=str(model),
+        key=key_of(submission, config, model),
         status=status,
-        checks=[],
-        score=0.0,
         max_score=config.max_score,
-        passed=False,
         execution={"failure": reason},
         seconds=round(time.monotonic() - start, 2),
     )
@@ -185,7 +194,7 @@ def _interrupted(signum, frame) -> None:
 def run_batch(
     submissions: Path,
     results: Path,
-    model: str,
+    model: ModelSpec,
     config: GradingConfig,
     checks: Path | None = None,
     workers: int = 1,
@@ -242,64 +251,3 @@ def run_batch(
     finally:
         signal.signal(signal.SIGTERM, previous)
     return write_gradebook(results)
-
-
-def _reports(results: Path) -> list[dict]:
-    reports = []
-    for path in sorted(results.glob("*/report.json")):
-        try:
-            reports.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    return reports
-
-
-def _cause_key(text: str) -> str:
-    """Group similar causes: the first clause, digits and quoted values blanked."""
-    first = re.split(r"[:(;]", text, maxsplit=1)[0].strip()
-    return re.sub(r"\d+(\.\d+)?", "N", first)
-
-
-def write_gradebook(results: Path) -> dict:
-    """``gradebook.csv`` (submission, per-check scores, total, status, duration) and ``summary.json``
-    (the most common failure causes across the class) from every ``*/report.json``."""
-    if not results.is_dir():
-        raise LabError(f"results folder '{results}' does not exist")
-    reports = _reports(results)
-    graded = {c.get("name") for r in reports for c in r.get("checks", []) if isinstance(c, dict)}
-    names = list(DEFAULT_CHECKS) + [n for n in OPTIONAL_CHECKS if n in graded]  # step 5 when turned on
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["submission", *names, "total", "max_total", "status", "duration_s", "failure"])
-    causes: Counter[str] = Counter()
-    for report in reports:
-        scores = {c["name"]: c["points"] for c in report.get("checks", [])}
-        status = report.get("status")
-        if status == "graded":
-            status = "passed" if report.get("passed") else "failed"
-        failure = (report.get("execution") or {}).get("failure") or ""
-        writer.writerow(
-            [
-                report.get("submission"),
-                *(scores.get(n, 0.0) for n in names),
-                report.get("score", 0.0),
-                report.get("max_score", 0.0),
-                status,
-                report.get("seconds", ""),
-                failure,
-            ]
-        )
-        for check in report.get("checks", []):
-            if not check.get("passed") and check.get("cause") and not str(check["cause"]).startswith("step "):
-                causes[f"{check['name']}: {_cause_key(check['cause'])}"] += 1
-        if failure:
-            reason = re.sub(r"^step \d+ failed: ", "", failure)
-            causes[f"execution: {_cause_key(reason)}"] += 1
-    write_text(results / "gradebook.csv", buffer.getvalue())
-    summary = {
-        "submissions": len(reports),
-        "passed": sum(1 for r in reports if r.get("status") == "graded" and r.get("passed")),
-        "most_common_causes": [{"cause": cause, "count": n} for cause, n in causes.most_common(10)],
-    }
-    write_json(results / "summary.json", summary)
-    return summary

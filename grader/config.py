@@ -1,76 +1,178 @@
-"""What a submission must achieve: the required LoRA config, each check's points, visibility and
-thresholds, and the timeouts — defaults reproduce the seed lab; a TOML checks file overrides them.
+"""What a submission must achieve, typed once: the required LoRA config, the timeouts, the kernel's
+limits and each check's points, visibility, step and options. Defaults reproduce the seed lab; a
+TOML checks file (``notebooks/source/sd_lora_lab.checks.toml`` spells every default out) overrides
+them. Every value — from a file, the command line or code — goes through one validator, and any
+problem is one ``LabError`` naming the file and key.
 
 ```toml
-[lora]                      # the adapter the notebook must train
+[lora]                      # the adapter the notebook must train (all of it is enforced)
 rank = 4
 alpha = 4
-targets = "attn"            # a lab_utils.TARGET_PRESETS name or a list of module names
+targets = "attn"            # a lab_utils TARGET_PRESETS name or a list of module names
+# use_rslora = false        # only checked when set
 
 [timeouts]                  # seconds
 cell = 600
 total = 1800
 
-[limits]                    # for the learner's kernel (see grader/sandbox.py)
+[limits]                    # for the learner's kernel (grader/execute/sandbox.py)
 sandbox = "auto"            # auto | bwrap | basic | none
-memory_gb = 16              # CPU memory of all its processes
-processes = 512             # processes and threads
-file_size_mb = 4096         # largest file it may write
-output_mb = 20              # notebook output kept; the rest is dropped
-gpu_memory_fraction = 0.9   # of each visible GPU (omit for no cap)
 
-[checks.parameter_count]    # one table per check: points, visibility ("visible" | "hidden"), step
-points = 1
-[checks.adapter_gradients]
-points = 1
-[checks.pixel_difference]
+[checks.pixel_difference]   # one table per check: points, visibility, step, and its own options
 points = 2
 visibility = "hidden"
-min_mean_abs_diff = 0.5     # 0–255 scale; must also beat the measured noise floor
-image_tolerance = 0.5       # how far a saved image may be from its regeneration
-
-# optional step 5 (going further): off unless named here
-[checks.export_reloads]     # an exported adapter file reproduces the adapted image
-points = 1
-[checks.held_out_evaluation]  # lab_utils.evaluate ran on held-out prompts with this adapter
-points = 1
+min_mean_abs_diff = 0.5
 ```
+
+Standard library only (the check declarations it reads import nothing heavy).
 """
 
 from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
-from grader.sandbox import MODES as SANDBOX_MODES
-from grader.sandbox import Limits
+from grader.checks import CHECKS
+from grader.types import Option, at_least, one_of, positive, show
 from lab_utils.errors import LabError
-from lab_utils.lora import TARGET_PRESETS
+from lab_utils.targets import TARGET_PRESETS
 
+SANDBOX_MODES = ("auto", "bwrap", "basic", "none")
 VISIBILITIES = ("visible", "hidden")
 
 
+def _fraction(value: Any) -> str | None:
+    return None if 0 < value <= 1 else f"must be in (0, 1] (got {show(value)})"
+
+
+def _targets(value: Any) -> str | None:
+    if isinstance(value, str):
+        return None if value in TARGET_PRESETS else f"'{value}' is not one of {sorted(TARGET_PRESETS)}"
+    if value and all(isinstance(t, str) and t for t in value):
+        return None
+    return "must be a preset name or a list of module names"
+
+
+def setting(default: Any, doc: str, types: type | tuple[type, ...], rule=None) -> Any:
+    """A config field: its default, its documentation, the TOML types it takes and its rule."""
+    return field(default=default, metadata={"option": Option(types, default, doc, rule)})
+
+
+def options_of(section: type) -> dict[str, Option]:
+    return {f.name: f.metadata["option"] for f in fields(section)}
+
+
+def check_value(where: str, key: str, option: Option, value: Any) -> Any:
+    """The one validator: type, finiteness, the option's rule. Returns the value as stored."""
+    types = option.types if isinstance(option.types, tuple) else (option.types,)
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        names = " or ".join(t.__name__ for t in types)
+        raise LabError(f"{where}{'.' + key if key else ''} must be {names} (got {value!r})")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise LabError(f"{where}{'.' + key if key else ''} must be a finite number (got {value!r})")
+    problem = option.rule(value) if option.rule is not None else None
+    if problem:
+        raise LabError(f"{where}{' ' + key if key else ''} {problem}")
+    if isinstance(value, list):
+        return tuple(value)
+    if float in types and not isinstance(value, bool) and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def check_table(where: str, table: object, options: Mapping[str, Option]) -> dict[str, Any]:
+    """A TOML table checked key by key against ``options``: unknown keys, types and rules."""
+    if not isinstance(table, dict):
+        raise LabError(f"{where} must be a table")
+    unknown = sorted(set(table) - set(options))
+    if unknown:
+        raise LabError(f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(options))})")
+    return {key: check_value(where, key, options[key], value) for key, value in table.items()}
+
+
+def _validated(section) -> None:
+    """Values set in code pass the same validator as values read from a file."""
+    where = f"[{type(section).__name__}]"
+    for key, option in options_of(type(section)).items():
+        value = getattr(section, key)
+        if value is not None or option.default is not None:
+            object.__setattr__(section, key, check_value(where, key, option, value))
+
+
 @dataclass(frozen=True)
-class CheckSpec:
-    """How one check is scored: its points, who sees its details, and the step that earns it."""
+class LoraSpec:
+    """The adapter a submission must train: the parameter check compares every field."""
+
+    rank: int = setting(4, "LoRA rank r", int, at_least(1))
+    alpha: float = setting(4.0, "lora_alpha: the update is scaled by alpha / rank", (int, float), positive)
+    targets: str | tuple[str, ...] = setting(
+        "attn", "a TARGET_PRESETS name or module names", (str, list, tuple), _targets
+    )
+    use_rslora: bool | None = setting(None, "rsLoRA (alpha / √rank); checked only when set", bool)
+
+    def __post_init__(self) -> None:
+        _validated(self)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    cell: float = setting(600.0, "seconds per cell", (int, float), positive)
+    total: float = setting(1800.0, "seconds for the whole notebook", (int, float), positive)
+    startup: float = setting(60.0, "seconds for the kernel to start", (int, float), positive)
+
+    def __post_init__(self) -> None:
+        _validated(self)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The learner's kernel: how it is isolated and what it may use (grader/execute/sandbox.py)."""
+
+    sandbox: str = setting("auto", "auto | bwrap | basic | none", str, one_of(SANDBOX_MODES))
+    memory_gb: float = setting(16.0, "CPU memory of all its processes", (int, float), positive)
+    processes: int = setting(512, "processes and threads", int, positive)
+    file_size_mb: float = setting(4096.0, "the largest file it may write", (int, float), positive)
+    output_mb: float = setting(20.0, "notebook output kept; the rest is dropped", (int, float), positive)
+    gpu_memory_fraction: float | None = setting(
+        None, "of each visible GPU (None: no cap)", (int, float), _fraction
+    )
+
+    def __post_init__(self) -> None:
+        _validated(self)
+
+
+CHECK_KEYS = {
+    "points": Option((int, float), None, "points the check is worth", at_least(0)),
+    "visibility": Option(
+        str, None, "visible | hidden (feedback shows pass/fail only)", one_of(VISIBILITIES, True)
+    ),
+    "step": Option(int, None, "the notebook step that earns it", at_least(1)),
+}
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """One check as this course scores it; ``options`` are the check's own declared keys."""
 
     points: float
     step: int
     visibility: str = "visible"
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
-DEFAULT_CHECKS: dict[str, CheckSpec] = {
-    "parameter_count": CheckSpec(points=1.0, step=2),
-    "adapter_gradients": CheckSpec(points=1.0, step=3),
-    "pixel_difference": CheckSpec(points=1.0, step=4),
-}
-OPTIONAL_CHECKS: dict[str, CheckSpec] = {
-    "export_reloads": CheckSpec(points=1.0, step=5),
-    "held_out_evaluation": CheckSpec(points=1.0, step=5),
-}
-"""Step 5 (going further) checks: off unless a checks file names them (``[checks.export_reloads]``)."""
+def default_settings(name: str) -> CheckSettings:
+    check = CHECKS[name]
+    return CheckSettings(
+        float(check.points), check.step, check.visibility, {k: o.default for k, o in check.options.items()}
+    )
+
+
+def _default_checks() -> dict[str, CheckSettings]:
+    return {name: default_settings(name) for name, check in CHECKS.items() if not check.optional}
 
 
 @dataclass(frozen=True)
@@ -78,77 +180,60 @@ class GradingConfig:
     """Defaults reproduce the seed lab: rank 4 (alpha 4) on to_q/to_k/to_v/to_out in attn1 + attn2,
     and a same-seed pixel difference above 0.5 on the 0–255 scale."""
 
-    rank: int = 4
-    alpha: int = 4
-    targets: str | tuple[str, ...] = "attn"  # a lab_utils.TARGET_PRESETS name or module names
-    min_mean_abs_diff: float = 0.5  # 0–255 scale, regenerated baseline vs regenerated adapted
-    # A learner's saved image must match the grader's regeneration of it within this mean absolute
-    # difference (0–255) plus the measured noise floor: CPU thread counts and GPU kernels move a few
-    # pixels by one level.
-    image_tolerance: float = 0.5
-    checks: dict[str, CheckSpec] = field(default_factory=lambda: dict(DEFAULT_CHECKS))
-    cell_timeout: float = 600.0  # seconds per cell
-    total_timeout: float = 1800.0  # seconds for the whole notebook
-    startup_timeout: float = 60.0  # seconds for the kernel to start
-    sandbox: str = "auto"  # grader.sandbox.MODES
-    memory_gb: float = 16.0
-    processes: int = 512
-    file_size_mb: float = 4096.0
-    output_mb: float = 20.0
-    gpu_memory_fraction: float | None = None
-
-    def __post_init__(self) -> None:
-        for option, value in (
-            ("--timeout", self.total_timeout),
-            ("--cell-timeout", self.cell_timeout),
-            ("startup_timeout", self.startup_timeout),
-        ):
-            if not value > 0:
-                raise LabError(f"{option} must be positive (got {value:g} s)")
-        if self.sandbox not in SANDBOX_MODES:
-            raise LabError(f"--sandbox must be one of {', '.join(SANDBOX_MODES)} (got {self.sandbox!r})")
-        if self.gpu_memory_fraction is not None and not 0 < self.gpu_memory_fraction <= 1:
-            raise LabError(f"gpu_memory_fraction must be in (0, 1] (got {self.gpu_memory_fraction:g})")
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(self.memory_gb, self.processes, self.file_size_mb, self.gpu_memory_fraction)
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
+    checks: dict[str, CheckSettings] = field(default_factory=_default_checks)
 
     @property
     def max_score(self) -> float:
-        return sum(spec.points for spec in self.checks.values())
+        return sum(settings.points for settings in self.checks.values())
 
+    def option(self, check: str, key: str) -> Any:
+        """A check's option as this course set it (its declared default when the check is off)."""
+        settings = self.checks.get(check) or default_settings(check)
+        return settings.options[key]
 
-_TOP = {"lora", "timeouts", "limits", "checks"}
-_LORA = {"rank": int, "alpha": int, "targets": (str, list)}
-_TIMEOUTS = {"cell": (int, float), "total": (int, float), "startup": (int, float)}
-_LIMITS = {
-    "sandbox": str,
-    "memory_gb": (int, float),
-    "processes": int,
-    "file_size_mb": (int, float),
-    "output_mb": (int, float),
-    "gpu_memory_fraction": (int, float),
-}
-_CHECK = {"points": (int, float), "visibility": str, "step": int}
-_CHECK_EXTRA = {"pixel_difference": {"min_mean_abs_diff": (int, float), "image_tolerance": (int, float)}}
+    @classmethod
+    def from_tables(cls, data: Mapping[str, Any], where: str = "checks") -> GradingConfig:
+        """The config a checks file's tables describe (also what tests and code build it from)."""
+        sections = {"lora": LoraSpec, "timeouts": Timeouts, "limits": Limits}
+        check_table(
+            where, data, {**{k: Option(dict, None, k) for k in sections}, "checks": Option(dict, None, "")}
+        )
+        built = {
+            key: section(**check_table(f"{where}: [{key}]", data.get(key, {}), options_of(section)))
+            for key, section in sections.items()
+        }
+        named = check_table(
+            f"{where}: [checks]", data.get("checks", {}), {n: Option(dict, None, n) for n in CHECKS}
+        )
+        checks = _default_checks()
+        for name, table in named.items():  # a check named in the file is on (step 5's too)
+            declared = CHECKS[name]
+            values = check_table(f"{where}: [checks.{name}]", table, {**CHECK_KEYS, **declared.options})
+            base = checks.get(name) or default_settings(name)
+            checks[name] = CheckSettings(
+                points=float(values.get("points", base.points)),
+                step=values.get("step", base.step),
+                visibility=values.get("visibility", base.visibility),
+                options={k: values.get(k, v) for k, v in base.options.items()},
+            )
+        return cls(checks=checks, **built)
 
+    def with_command_line(self, timeout: float | None, cell_timeout: float | None, sandbox: str | None):
+        """``--timeout``, ``--cell-timeout`` and ``--sandbox`` over this config, validated the same way."""
+        from dataclasses import replace
 
-def _keys(where: str, table: object, allowed: dict | set) -> dict:
-    if not isinstance(table, dict):
-        raise LabError(f"{where} must be a table")
-    unknown = sorted(set(table) - set(allowed))
-    if unknown:
-        raise LabError(f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(allowed))})")
-    if isinstance(allowed, dict):
-        for key, value in table.items():
-            types = allowed[key]
-            if isinstance(value, bool) or not isinstance(value, types):
-                names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
-                raise LabError(f"{where}.{key} must be {names} (got {value!r})")
-            if isinstance(value, float) and not math.isfinite(value):
-                raise LabError(f"{where}.{key} must be a finite number (got {value!r})")
-    return table
+        timeouts, limits = self.timeouts, self.limits
+        for flag, key, value in (("--timeout", "total", timeout), ("--cell-timeout", "cell", cell_timeout)):
+            if value is not None:
+                timeouts = replace(timeouts, **{key: check_value(flag, "", options_of(Timeouts)[key], value)})
+        if sandbox is not None:
+            limits = replace(
+                limits, sandbox=check_value("--sandbox", "", options_of(Limits)["sandbox"], sandbox)
+            )
+        return replace(self, timeouts=timeouts, limits=limits)
 
 
 def load_config(path: str | Path) -> GradingConfig:
@@ -158,63 +243,8 @@ def load_config(path: str | Path) -> GradingConfig:
         data = tomllib.loads(path.read_text())
     except OSError as error:
         raise LabError(f"checks file '{path}' cannot be read: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise LabError(f"checks file '{path}' is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
         raise LabError(f"checks file '{path}' is not valid TOML: {error}") from None
-    where = str(path)
-    _keys(where, data, _TOP)
-    lora = _keys(f"{where}: [lora]", data.get("lora", {}), _LORA)
-    timeouts = _keys(f"{where}: [timeouts]", data.get("timeouts", {}), _TIMEOUTS)
-    limits = _keys(f"{where}: [limits]", data.get("limits", {}), _LIMITS)
-    config = GradingConfig()
-    changes: dict = {}
-    if "rank" in lora:
-        if lora["rank"] < 1:
-            raise LabError(f"{where}: [lora] rank must be ≥ 1 (got {lora['rank']})")
-        changes["rank"] = lora["rank"]
-    if "alpha" in lora:
-        changes["alpha"] = lora["alpha"]
-    if "targets" in lora:
-        targets = lora["targets"]
-        if isinstance(targets, str) and targets not in TARGET_PRESETS:
-            raise LabError(f"{where}: [lora] targets '{targets}' is not one of {sorted(TARGET_PRESETS)}")
-        if isinstance(targets, list) and not (targets and all(isinstance(t, str) and t for t in targets)):
-            raise LabError(f"{where}: [lora] targets must be a preset name or a list of module names")
-        changes["targets"] = targets if isinstance(targets, str) else tuple(targets)
-    for key, attr in (("cell", "cell_timeout"), ("total", "total_timeout"), ("startup", "startup_timeout")):
-        if key in timeouts:
-            if not timeouts[key] > 0:
-                raise LabError(f"{where}: [timeouts] {key} must be positive (got {timeouts[key]})")
-            changes[attr] = float(timeouts[key])
-    for key, value in limits.items():
-        if key == "sandbox":
-            if value not in SANDBOX_MODES:
-                modes = ", ".join(SANDBOX_MODES)
-                raise LabError(f"{where}: [limits] sandbox must be one of {modes} (got {value!r})")
-        elif key == "gpu_memory_fraction" and not 0 < value <= 1:
-            raise LabError(f"{where}: [limits] gpu_memory_fraction must be in (0, 1] (got {value})")
-        elif not value > 0:
-            raise LabError(f"{where}: [limits] {key} must be positive (got {value})")
-        changes[key] = value if key in ("sandbox", "processes") else float(value)
-    checks_table = data.get("checks", {})
-    _keys(f"{where}: [checks]", checks_table, set(DEFAULT_CHECKS) | set(OPTIONAL_CHECKS))
-    checks = dict(DEFAULT_CHECKS)
-    for name, table in checks_table.items():
-        spec_where = f"{where}: [checks.{name}]"
-        _keys(spec_where, table, {**_CHECK, **_CHECK_EXTRA.get(name, {})})
-        if name in OPTIONAL_CHECKS:
-            checks[name] = OPTIONAL_CHECKS[name]  # named in the file: turned on
-        visibility = table.get("visibility", checks[name].visibility)
-        if visibility not in VISIBILITIES:
-            raise LabError(f"{spec_where} visibility must be 'visible' or 'hidden' (got {visibility!r})")
-        points = float(table.get("points", checks[name].points))
-        if points < 0:
-            raise LabError(f"{spec_where} points must be ≥ 0 (got {points:g})")
-        checks[name] = CheckSpec(
-            points=points, step=table.get("step", checks[name].step), visibility=visibility
-        )
-        for key in _CHECK_EXTRA.get(name, {}):
-            if key in table:
-                if table[key] < 0:
-                    raise LabError(f"{spec_where} {key} must be ≥ 0 (got {table[key]})")
-                changes[key] = float(table[key])
-    return replace(config, checks=checks, **changes)
+    return GradingConfig.from_tables(data, str(path))

@@ -8,7 +8,7 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from lab_utils.models import resolve_model
+from lab_utils.models import ModelSpec
 from lab_utils.tiny import tiny_model_dir
 
 _CHUNK = 1 << 20  # bytes read from each weight file for the model hash
@@ -34,13 +34,11 @@ def _driver() -> str | None:
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
-def model_identity(model: str) -> dict:
+def model_identity(spec: ModelSpec) -> dict:
     """What the model is, with a quick hash: every config file whole, plus each weight file's name,
     size and first MiB (the safetensors header lists every tensor's shape and offset)."""
-    spec = resolve_model(model)
-    if spec.kind == "hub":
-        return {"model": model, "kind": "hub", "hash": None}
-    if spec.kind == "sd15-arch":  # built from configs in code: the package version identifies it
+    model = str(spec)
+    if spec.kind in ("hub", "sd15-arch"):  # sd15-arch is built in code: the package version identifies it
         return {"model": model, "kind": spec.kind, "hash": None}
     folder = tiny_model_dir() if spec.kind == "tiny" else Path(spec.source)
     digest = hashlib.sha256()
@@ -55,7 +53,7 @@ def model_identity(model: str) -> dict:
     return identity
 
 
-def fingerprint(model: str) -> dict:
+def fingerprint(model: ModelSpec) -> dict:
     """GPU, driver, Python/torch/diffusers/peft/transformers versions and the model's identity."""
     import torch
 

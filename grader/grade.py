@@ -1,4 +1,6 @@
-"""Grade one notebook: execute it, then verify its artefacts in this (trusted) process.
+"""Grade one notebook — the pipeline, read top to bottom: resolve the model once, execute the
+notebook in a sandboxed kernel, read its artefacts (the trust boundary), run the checks in this
+trusted process, and write the outputs.
 
 With an output folder, the grader writes — each file atomically, results.json after every check so
 a grader killed by a time limit still leaves the checks done so far:
@@ -8,48 +10,23 @@ a grader killed by a time limit still leaves the checks done so far:
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import nbformat
 
 from grader.artefacts import read_artefacts
-from grader.checks import CheckResult, verify
+from grader.checks import verify
 from grader.config import GradingConfig
 from grader.environment import fingerprint
+from grader.execute.run import execute_notebook, latest_snapshot
 from grader.files import write_json
-from grader.run import execute_notebook, latest_snapshot, read_notebook
-from lab_utils.models import resolve_model
-
-
-@dataclass
-class GradeReport:
-    submission: str
-    notebook: str
-    model: str
-    key: str  # content hash of notebook + checks + model: a batch skips a submission graded with the same key
-    status: str  # "running" until every check is done, then "graded"
-    checks: list[CheckResult]
-    score: float
-    max_score: float
-    passed: bool
-    execution: dict
-    seconds: float
-    environment: dict = field(default_factory=dict)
-    reflections: list[dict] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def submission_key(notebook_bytes: bytes, config: GradingConfig, model: str) -> str:
-    digest = hashlib.sha256(notebook_bytes)
-    digest.update(repr((config, model)).encode())
-    return digest.hexdigest()[:20]
+from grader.notebook import read_notebook
+from grader.outputs.feedback import write_feedback
+from grader.outputs.gradescope import write_results
+from grader.types import GradeReport, submission_key
+from lab_utils.models import ModelSpec, resolve_model
 
 
 def reflections(nb: nbformat.NotebookNode) -> list[dict]:
@@ -64,7 +41,7 @@ def reflections(nb: nbformat.NotebookNode) -> list[dict]:
 
 def grade_notebook(
     notebook: str | Path,
-    model: str = "tiny",
+    model: str | ModelSpec = "tiny",
     config: GradingConfig | None = None,
     output: Path | None = None,
     submission: str | None = None,
@@ -78,23 +55,19 @@ def grade_notebook(
     start = time.monotonic()
     path = Path(notebook)
     nb = read_notebook(path)
-    resolve_model(model)  # a bad model is the instructor's error, not the learner's: fail before running
+    spec = resolve_model(
+        model
+    )  # a bad model is the instructor's error, not the learner's: fail before running
     report = GradeReport(
         submission=submission or path.stem,
         notebook=str(path),
-        model=model,
-        key=submission_key(path.read_bytes(), config, model),
+        model=str(spec),
+        key=submission_key(path.read_bytes(), config, spec.key),
         status="running",
-        checks=[],
-        score=0.0,
         max_score=config.max_score,
-        passed=False,
-        execution={},
-        seconds=0.0,
-        environment=fingerprint(model),
+        environment=fingerprint(spec),
         reflections=reflections(nb),
     )
-    from grader.results import write_results  # late: results imports this module's types
 
     def save() -> None:
         report.seconds = round(time.monotonic() - start, 2)
@@ -106,18 +79,10 @@ def grade_notebook(
         output.mkdir(parents=True, exist_ok=True)
     save()
     with tempfile.TemporaryDirectory(prefix="sd-lora-lab-artefacts-") as tmp:
+        # 1. execute: the learner's code runs in a sandboxed kernel, never in this process
         artefact_dir = Path(tmp)
-        execution = execute_notebook(
-            nb,
-            model,
-            artefact_dir,
-            config.cell_timeout,
-            config.total_timeout,
-            config.startup_timeout,
-            sandbox_mode=config.sandbox,
-            limits=config.limits,
-            output_mb=config.output_mb,
-        )
+        execution = execute_notebook(nb, spec, artefact_dir, config)
+        # 2. artefacts: files only, every field checked (the kernel could write anything)
         snapshot = latest_snapshot(artefact_dir)
         artefacts = read_artefacts(snapshot)
         report.execution = {
@@ -133,13 +98,13 @@ def grade_notebook(
         }
         report.notes = execution.notes
         save()
-        for result in verify(artefacts, model, config, execution.failure):
+        # 3. checks: recomputed here, on the grader's own base model
+        for result in verify(artefacts, spec, config, execution.failure):
             report.checks.append(result)
             report.score = sum(c.points for c in report.checks)
             save()
+        # 4. outputs: results.json and report.json above; the learner's feedback
         if output is not None:
-            from grader.feedback import write_feedback
-
             write_feedback(report, artefacts, output)
     report.passed = bool(report.checks) and all(c.passed for c in report.checks)
     report.status = "graded"

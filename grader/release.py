@@ -9,14 +9,12 @@ the unfinished notebook stops at the first TODO with a message saying what to wr
 from __future__ import annotations
 
 import copy
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import nbformat
 
-from grader.run import cell_steps, read_notebook
+from grader.notebook import cell_steps, read_notebook, write_notebook
 from lab_utils.errors import LabError
 
 _MARKER = re.compile(r"^(\s*)###\s*(BEGIN|END)\s+(SOLUTION|HIDDEN TESTS)\s*$")
@@ -107,11 +105,3 @@ def release_notebook(source: Path, output: Path) -> list[Path]:
         write_notebook(nb, path)
         written.append(path)
     return written
-
-
-def write_notebook(nb: nbformat.NotebookNode, path: Path) -> None:
-    """nbformat.write to a temporary file, then rename: readers never see half a notebook."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    nbformat.write(nb, tmp)
-    os.replace(tmp, path)

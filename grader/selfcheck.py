@@ -22,7 +22,8 @@ CHECKS_ENV = "SD_LORA_LAB_CHECKS"
 
 
 def course_config() -> GradingConfig:
-    """What this course's grader requires: ``$SD_LORA_LAB_CHECKS`` if set, else the seed lab's."""
+    """What this course's grader requires: ``$SD_LORA_LAB_CHECKS`` if set, else the seed lab's
+    (``.lora.rank``, ``.lora.alpha``, ``.lora.targets``, ``.option(check, key)``)."""
     path = os.environ.get(CHECKS_ENV)
     return load_config(path) if path else GradingConfig()
 

@@ -1,11 +1,11 @@
 """Training data drawn by this project: the overfit step's example, and styled examples of the
-miniature world (:mod:`lab_utils.world`) for adapters that should generalise."""
+miniature world (:mod:`lab_utils.tiny.world`) for adapters that should generalise."""
 
 from __future__ import annotations
 
 from PIL import Image
 
-from lab_utils import world
+from lab_utils.tiny import world
 
 TRAIN_ATTRIBUTES = world.Attributes("circle", "red", "blue", "large", "center", styled=True)
 TRAIN_PROMPT = TRAIN_ATTRIBUTES.caption()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 
 import torch
@@ -27,6 +29,20 @@ OUT_OF_MEMORY_HINT = (
     "out of GPU memory in this cell: lower the image size, the batch or the number of steps, or "
     "restart the kernel to free memory held by earlier cells (other notebooks on the GPU hold memory too)"
 )
+
+
+@contextmanager
+def out_of_memory_hint(what: str, setting: str) -> Iterator[None]:
+    """Turn a CUDA out-of-memory error into one line naming the setting to lower."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise LabError(
+            f"out of GPU memory during {what}: lower {setting}, or restart the kernel to free memory "
+            "held by earlier cells (another notebook on the same GPU holds memory too)"
+        ) from None
 
 
 def show_out_of_memory(shell, etype, value, tb, tb_offset=None) -> None:

@@ -1,4 +1,8 @@
-"""Load a Stable Diffusion pipeline: the built-in ``tiny`` model, a local folder or file, or a hub id."""
+"""Load a Stable Diffusion pipeline: the built-in ``tiny`` model, a local folder or file, or a hub id.
+
+:func:`resolve_model` says what a model string names without loading anything (and without torch:
+the grader resolves the model once, at its boundary, and passes the :class:`ModelSpec` on).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,16 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from diffusers import StableDiffusionPipeline
+from typing import TYPE_CHECKING
 
 from lab_utils.errors import LabError
-from lab_utils.sd15 import SD15_ARCH, sd15_pipeline
-from lab_utils.tiny import tiny_model_dir
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+SD15_ARCH = "sd15-arch"
+"""SD 1.5's architecture built from its public config with seeded random weights (speed checks)."""
 
 MODEL_ENV = "SD_LORA_LAB_MODEL"
 """The environment variable the notebook (and the grader's ``--model``) take the model from."""
@@ -27,6 +34,8 @@ def model_from_env(default: str = "tiny") -> str:
 
 def default_device() -> torch.device:
     """cuda > mps > cpu."""
+    import torch
+
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -36,6 +45,8 @@ def default_device() -> torch.device:
 
 def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 on GPUs that have it, else fp16 on GPU; fp32 on CPU (half precision is slow there)."""
+    import torch
+
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
@@ -45,34 +56,45 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a model string names: ``kind`` is tiny, folder, single_file or hub; ``source`` its path
-    or id; ``config`` the config folder of a single file."""
+    """What a model string names: ``kind`` is tiny, sd15-arch, folder, single_file or hub; ``source``
+    its absolute path or id; ``config`` the config folder of a single file; ``name`` as the user gave it."""
 
     kind: str
     source: str
     config: str | None = None
+    name: str = ""
+
+    def __str__(self) -> str:
+        return self.name or self.source
+
+    @property
+    def key(self) -> tuple[str, str, str | None]:
+        """What identifies the model wherever it was named from (a folder by its absolute path)."""
+        return (self.kind, self.source, self.config)
 
 
-def resolve_model(model: str, config: str | os.PathLike[str] | None = None) -> ModelSpec:
+def resolve_model(model: str | ModelSpec, config: str | os.PathLike[str] | None = None) -> ModelSpec:
     """Check what ``model`` names without loading any weights.
 
     Raises:
         LabError: one line naming the model and what to do (missing path, folder without
             model_index.json, single file without a config folder, hub id while offline).
     """
+    if isinstance(model, ModelSpec):
+        return model
     model = str(model).strip()
     path = Path(model).expanduser()
     if model == "tiny":
-        return ModelSpec("tiny", model)
+        return ModelSpec("tiny", model, name=model)
     if model == SD15_ARCH:
-        return ModelSpec("sd15-arch", model)
+        return ModelSpec("sd15-arch", model, name=model)
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise LabError(
                 f"model folder '{model}' has no model_index.json: point {MODEL_ENV} at a diffusers "
                 "pipeline folder (the one holding unet/, vae/, text_encoder/, tokenizer/)"
             )
-        return ModelSpec("folder", str(path))
+        return ModelSpec("folder", str(path.resolve()), name=model)
     if path.is_file():
         if path.suffix not in {".safetensors", ".ckpt"}:
             raise LabError(f"model file '{model}' is not a .safetensors or .ckpt checkpoint")
@@ -81,7 +103,7 @@ def resolve_model(model: str, config: str | os.PathLike[str] | None = None) -> M
                 f"single-file checkpoint '{model}' needs config=<local diffusers folder with its "
                 "configs> (offline, diffusers cannot fetch them)"
             )
-        return ModelSpec("single_file", str(path), str(config))
+        return ModelSpec("single_file", str(path.resolve()), str(Path(config).resolve()), name=model)
     if _HUB_ID.match(model) and not model.startswith((".", "~")):
         from huggingface_hub import constants, try_to_load_from_cache
 
@@ -92,7 +114,7 @@ def resolve_model(model: str, config: str | os.PathLike[str] | None = None) -> M
                 f"model '{model}' is not a local folder, and as a hub id it cannot be downloaded "
                 "offline (HF_HUB_OFFLINE=1): mount the model and give its folder"
             )
-        return ModelSpec("hub", model)
+        return ModelSpec("hub", model, name=model)
     raise LabError(
         f"model '{model}' not found: give 'tiny', 'sd15-arch', a local diffusers folder, a single-file "
         f"checkpoint, or a hub id (set {MODEL_ENV} or --model)"
@@ -100,7 +122,7 @@ def resolve_model(model: str, config: str | os.PathLike[str] | None = None) -> M
 
 
 def load_pipeline(
-    model: str = "tiny",
+    model: str | ModelSpec = "tiny",
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     config: str | os.PathLike[str] | None = None,
@@ -108,11 +130,12 @@ def load_pipeline(
     """Load a Stable Diffusion pipeline, ready to generate, with every weight frozen.
 
     Args:
-        model: ``"tiny"`` (the built-in miniature SD, no download); ``"sd15-arch"`` (SD 1.5's
-            architecture with seeded random weights, for speed checks: noise images); a local diffusers folder
-            (SD 1.5 on a pod); a single-file ``.safetensors``/``.ckpt`` checkpoint (needs
-            ``config``); or a hub id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``
-            (needs the network, or the hub cache when ``HF_HUB_OFFLINE=1``).
+        model: a :class:`ModelSpec` from :func:`resolve_model`, or ``"tiny"`` (the built-in
+            miniature SD, no download); ``"sd15-arch"`` (SD 1.5's architecture with seeded random
+            weights, for speed checks: noise images); a local diffusers folder (SD 1.5 on a pod); a
+            single-file ``.safetensors``/``.ckpt`` checkpoint (needs ``config``); or a hub id such as
+            ``"stable-diffusion-v1-5/stable-diffusion-v1-5"`` (needs the network, or the hub cache
+            when ``HF_HUB_OFFLINE=1``).
         device: defaults to cuda > mps > cpu.
         dtype: defaults to bf16/fp16 on a GPU and fp32 on CPU.
         config: for a single-file checkpoint, a local diffusers folder with its configs.
@@ -120,7 +143,14 @@ def load_pipeline(
     Raises:
         LabError: one line naming the model and what to do when it cannot be loaded.
     """
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from lab_utils.sd15 import sd15_pipeline
+    from lab_utils.tiny import tiny_model_dir
+
     spec = resolve_model(model, config)
+    model = str(spec)
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     kwargs = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
@@ -150,7 +180,7 @@ def load_pipeline(
     return pipe
 
 
-def _catching(model: str, load, *args, **kwargs) -> StableDiffusionPipeline:
+def _catching(model: str, load, *args, **kwargs):
     """Turn the loaders' long tracebacks into one line naming the model."""
     try:
         return load(*args, **kwargs)

@@ -78,9 +78,6 @@ SD15_SCHEDULER_CONFIG: dict = {
     "steps_offset": 1,
 }
 
-SD15_ARCH = "sd15-arch"
-"""Model name for SD 1.5's architecture with random weights (same compute; images are noise)."""
-
 
 def sd15_pipeline(device: str | torch.device = "meta", dtype: torch.dtype = torch.float32, seed: int = 0):
     """A StableDiffusionPipeline with SD 1.5's architecture and seeded random weights.

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from lab_utils.errors import LabError, out_of_memory_hint
+from lab_utils.environment import out_of_memory_hint
+from lab_utils.errors import LabError
 from lab_utils.lora import lora_parameters
 
 

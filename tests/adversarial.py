@@ -1,9 +1,17 @@
 """The adversarial catalogue: named submissions that try to fool, break or escape the grader.
 
-Each case builds a notebook (most are the solution with an edit), states the verdict the grader must
-reach — the score, which checks may keep credit, and words the reason must contain — and
-tests/test_adversarial.py grades it. ``docs/RELIABILITY.md`` is written from these results at the
-end of a test run that graded every case (see :func:`write_reliability`).
+Each case states the verdict the grader must reach — the score, which checks may keep credit, and
+words the reason must contain — and tests/test_adversarial.py grades it. A case is one of:
+
+- a **notebook** (most are the solution with an edit) graded by ``grade_notebook``: for attacks on
+  the execution path — the kernel, the sandbox, the artefact cell, the grader's own modules;
+- a **file** graded through ``python -m grader`` (not a notebook at all);
+- **artefacts**: the lab's steps run in the test's process with a mistake, saved by the grader's own
+  saver and verified — for mistakes that only the checks can catch (a wrong rank, alpha or seed, an
+  untrained adapter, an edited image), where executing a whole notebook would test nothing more.
+
+``docs/RELIABILITY.md`` is rendered from these results (``render_reliability``); a test fails when
+the committed file no longer matches the catalogue's verdicts (see tests/test_adversarial.py).
 """
 
 from __future__ import annotations
@@ -13,68 +21,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+from helpers import ADAPTED, LR0, SOLUTION, STEP3, STUDENT, cells, lab_artefacts, lab_namespace, solution_with
 
 ROOT = Path(__file__).resolve().parents[1]
-SOLUTION = ROOT / "notebooks" / "sd_lora_lab_solution.ipynb"
-STUDENT = ROOT / "notebooks" / "sd_lora_lab.ipynb"
 RELIABILITY = ROOT / "docs" / "RELIABILITY.md"
-
-LR0 = ("TRAIN_STEPS, LEARNING_RATE = 50, 3e-3", "TRAIN_STEPS, LEARNING_RATE = 50, 0.0")
-STEP3 = "TRAIN_STEPS, LEARNING_RATE"  # the first line of step 3's cell
-ADAPTED = "adapted_image = lab_utils.generate(pipe, PROMPT, seed=SEED,"
 
 
 @dataclass
 class Case:
     name: str
     attack: str  # what the submission tries
-    build: Callable[[Path], Path]
+    build: Callable[..., Path]  # (tmp) → notebook or file; for "artefacts": (tmp, pipe) → artefact folder
     score: float = 0.0  # the score it must get (of 3)
     reasons: dict[str, str] = field(default_factory=dict)  # check name or "failure" → words required
     measured: dict[str, str] = field(default_factory=dict)  # check name → its exact "measured" text
-    config: dict = field(default_factory=dict)  # GradingConfig overrides
-    cli: bool = False  # graded through `python -m grader` (a file that is not a notebook)
+    config: dict = field(default_factory=dict)  # checks-file tables for this grading
+    kind: str = "notebook"  # "notebook" | "file" (through the CLI) | "artefacts"
     needs: str = ""  # "bwrap" | "cgroup": skipped where the machine cannot enforce it
-
-
-def solution_with(
-    *edits: tuple[str, str], after: str | None = None, cell: str = ""
-) -> Callable[[Path], Path]:
-    """The solution notebook with text replacements and optionally a code cell inserted after the
-    first cell containing ``after`` (in that cell's step), or before it when ``after`` starts with '<'."""
-
-    def build(tmp: Path) -> Path:
-        nb = nbformat.read(SOLUTION, as_version=4)
-        for old, new in edits:
-            hits = [c for c in nb.cells if old in c.source]
-            assert hits, f"edit target not found: {old!r}"
-            for hit in hits:
-                hit.source = hit.source.replace(old, new)
-        if after is not None:
-            before = after.startswith("<")
-            needle = after.lstrip("<")
-            index = next(i for i, c in enumerate(nb.cells) if needle in c.source)
-            new_cell = nbformat.v4.new_code_cell(cell)
-            new_cell.metadata["lab"] = {"step": nb.cells[index].metadata.get("lab", {}).get("step")}
-            nb.cells.insert(index if before else index + 1, new_cell)
-        path = tmp / "submission.ipynb"
-        nbformat.write(nb, path)
-        return path
-
-    return build
-
-
-def cells(*sources: str) -> Callable[[Path], Path]:
-    """A small notebook of its own: one code cell per source, all in step 1."""
-
-    def build(tmp: Path) -> Path:
-        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("## Step 1")])
-        nb.cells += [nbformat.v4.new_code_cell(source) for source in sources]
-        path = tmp / "submission.ipynb"
-        nbformat.write(nb, path)
-        return path
-
-    return build
 
 
 def text_file(content: bytes, name: str = "submission.ipynb") -> Callable[[Path], Path]:
@@ -84,6 +47,32 @@ def text_file(content: bytes, name: str = "submission.ipynb") -> Callable[[Path]
         return path
 
     return build
+
+
+def artefacts(mutate: Callable[[dict], None] | None = None, **lab) -> Callable[[Path, object], Path]:
+    """The lab's steps with ``lab`` (see helpers.lab_namespace), the namespace then changed by
+    ``mutate`` as a notebook cell could, saved with the grader's own saver."""
+
+    def build(tmp: Path, pipe) -> Path:
+        namespace = lab_namespace(pipe, **lab)
+        if mutate is not None:
+            mutate(namespace)
+        return lab_artefacts(tmp / "artefacts", namespace)
+
+    return build
+
+
+def baseline_plus_noise(namespace: dict) -> None:
+    """The adapted image replaced by the baseline plus noise, its generation record copied."""
+    import numpy as np
+    from PIL import Image
+
+    baseline, adapted = namespace["baseline_image"], namespace["adapted_image"]
+    noise = np.random.default_rng(0).integers(-3, 4, (*baseline.size[::-1], 3))
+    noisy = np.asarray(baseline, dtype=np.int16) + noise
+    fake = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+    fake.info.update(adapted.info)
+    namespace["adapted_image"] = fake
 
 
 def stored_outputs_lie(tmp: Path) -> Path:
@@ -105,7 +94,7 @@ def stored_outputs_lie(tmp: Path) -> Path:
 
 
 CANARY_NAME = "canary.txt"  # written by the test beside the submission, outside the sandbox
-GRADER_FILE = ROOT / "grader" / "checks.py"
+GRADER_FILE = ROOT / "grader" / "checks" / "__init__.py"
 
 PATCH_EVERYTHING = """
 import numpy as np, PIL.Image, torch
@@ -138,16 +127,6 @@ HARD_CODED = """
 print("trainable LoRA parameters: 43,008 of 5,835,012 (0.737%) — expected 43,008")
 print("adapter tensors with nonzero gradient: 112/112")
 print("mean_abs_diff = 1.52 on the 0–255 scale (the check needs > 0.5)")
-"""
-
-BASELINE_PLUS_NOISE = """
-import numpy as np
-from PIL import Image
-noise = np.random.default_rng(0).integers(-3, 4, (64, 64, 3))
-noisy = np.asarray(baseline_image, dtype=np.int16) + noise
-fake = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
-fake.info.update(adapted_image.info)
-adapted_image = fake
 """
 
 PATCHED_SAVER = """
@@ -237,14 +216,14 @@ CASES: list[Case] = [
         "`while True: pass` in a cell",
         cells("while True:\n    pass"),
         reasons={"failure": "per-cell timeout of 5 s"},
-        config={"cell_timeout": 5, "total_timeout": 60},
+        config={"timeouts": {"cell": 5, "total": 60}},
     ),
     Case(
         "long sleep",
         "`time.sleep(3600)`, past the notebook's total timeout",
         cells("import time\ntime.sleep(3600)"),
         reasons={"failure": "total timeout of 6 s"},
-        config={"cell_timeout": 60, "total_timeout": 6},
+        config={"timeouts": {"cell": 60, "total": 6}},
     ),
     Case(
         "sys.exit(0) mid-notebook",
@@ -278,14 +257,14 @@ CASES: list[Case] = [
         "allocates 128 MB blocks until memory runs out (limit 1 GB)",
         cells("blocks = []\nwhile True:\n    blocks.append(bytearray(2**27))"),
         reasons={"failure": "out of memory"},
-        config={"memory_gb": 1},
+        config={"limits": {"memory_gb": 1}},
     ),
     Case(
         "fork bomb",
         "`while True: os.fork()` (limit 64 processes)",
         cells("import os\nwhile True:\n    os.fork()"),
         reasons={"failure": "failed"},
-        config={"processes": 64, "cell_timeout": 30},
+        config={"limits": {"processes": 64}, "timeouts": {"cell": 30}},
         needs="cgroup",
     ),
     Case(
@@ -342,10 +321,11 @@ CASES: list[Case] = [
     Case(
         "adapted image = baseline + noise",
         "learning rate 0, then the adapted image replaced by the baseline plus noise, record copied",
-        solution_with(LR0, after=ADAPTED, cell=BASELINE_PLUS_NOISE),
+        artefacts(baseline_plus_noise, lr=0.0),
         score=1,
         reasons={"pixel_difference": INCONSISTENT},
         measured={"pixel_difference": "0.00"},  # the grader's own regeneration: nothing changed
+        kind="artefacts",
     ),
     Case(
         "forged artefacts through a patched grader module",
@@ -371,7 +351,8 @@ CASES: list[Case] = [
     Case(
         "learning rate 0",
         "trains with lr = 0: the adapter never moves",
-        solution_with(LR0),
+        artefacts(lr=0.0),
+        kind="artefacts",
         score=1,
         reasons={"adapter_gradients": LR0_CAUSE, "pixel_difference": "mean_abs_diff = 0.0"},
         # lora_B gets gradients; lora_A cannot while B is zero
@@ -386,7 +367,8 @@ CASES: list[Case] = [
     Case(
         "LoRA on the wrong modules",
         "targets to_q and to_v only",
-        solution_with(('TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]', 'TARGETS = ["to_q", "to_v"]')),
+        artefacts(targets=["to_q", "to_v"]),
+        kind="artefacts",
         score=2,
         reasons={
             "parameter_count": "wrong target modules (missing attn1.to_k, attn1.to_out, attn2.to_k, "
@@ -397,29 +379,34 @@ CASES: list[Case] = [
     Case(
         "wrong rank",
         "rank 8 instead of 4",
-        solution_with(("RANK, ALPHA = 4, 4", "RANK, ALPHA = 8, 8")),
+        artefacts(rank=8, alpha=8),
+        kind="artefacts",
         score=2,
         reasons={"parameter_count": "rank 8 instead of 4"},
         measured={"parameter_count": "86,016"},
     ),
     Case(
+        "wrong alpha",
+        "lora_alpha 8 instead of 4 at rank 4: the right parameter count, twice the update",
+        artefacts(alpha=8),
+        kind="artefacts",
+        score=2,
+        reasons={"parameter_count": "alpha 8 instead of 4: the update is scaled ×2"},
+        measured={"parameter_count": "43,008"},
+    ),
+    Case(
         "a different seed for the adapted image",
         "the adapted image uses seed 1, so the pixels differ without any training",
-        solution_with((ADAPTED, ADAPTED.replace("seed=SEED,", "seed=SEED + 1,")), LR0),
+        artefacts(adapted_seed=1, lr=0.0),
+        kind="artefacts",
         score=1,
         reasons={"pixel_difference": "seed 0 vs 1"},
     ),
     Case(
         "adapter attached after generating",
         "the adapted image is generated right after attaching, before any training",
-        solution_with(
-            (
-                ADAPTED + " steps=INFERENCE_STEPS, guidance=GUIDANCE)",
-                "pass  # adapted_image was made before training",
-            ),
-            after="<" + STEP3,
-            cell=ADAPTED + " steps=INFERENCE_STEPS, guidance=GUIDANCE)",
-        ),
+        artefacts(adapted_before_training=True),
+        kind="artefacts",
         score=2,
         reasons={"pixel_difference": INCONSISTENT},
     ),
@@ -434,50 +421,52 @@ CASES: list[Case] = [
         "truncated JSON",
         text_file(SOLUTION.read_bytes()[:5000]),
         reasons={"stderr": "is not a notebook"},
-        cli=True,
+        kind="file",
     ),
     Case(
         "not a notebook",
         "a PNG renamed to .ipynb",
         text_file(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8),
         reasons={"stderr": "is not a notebook"},
-        cli=True,
+        kind="file",
     ),
 ]
 
+
 RESULTS: dict[str, dict] = {}  # case name → what the grader decided (filled by the tests)
 FUZZ: dict[str, int] = {}  # fuzz target → inputs tried (filled by the property-based tests)
+KINDS = {"notebook": "notebook executed", "file": "file, through the CLI", "artefacts": "artefacts, checks only"}
 
 
-def write_reliability() -> bool:
-    """Write docs/RELIABILITY.md when every case was graded in this run; True if written."""
-    if set(RESULTS) != {c.name for c in CASES}:
-        return False
+def render_reliability(results: dict[str, dict], fuzz: dict[str, int]) -> str:
+    """docs/RELIABILITY.md for a run that graded every case."""
     rows = []
     for case in CASES:
-        result = RESULTS[case.name]
+        result = results[case.name]
         rows.append(
-            f"| {case.name} | {case.attack} | {result['verdict']} | {result['reason']} | "
+            f"| {case.name} | {case.attack} | {KINDS[case.kind]} | {result['verdict']} | {result['reason']} | "
             f"{'yes' if result['as_expected'] else '**NO**'} |"
         )
-    false_passes = sum(1 for r in RESULTS.values() if r["false_pass"])
-    crashes = sum(1 for r in RESULTS.values() if r["crash"])
-    fuzz_lines = [f"- {target}: {count} generated inputs" for target, count in sorted(FUZZ.items())]
-    text = "\n".join(
+    false_passes = sum(1 for r in results.values() if r["false_pass"])
+    crashes = sum(1 for r in results.values() if r["crash"])
+    fuzz_lines = [f"- {target}: {count} generated inputs" for target, count in sorted(fuzz.items())]
+    return "\n".join(
         [
             "# Reliability: the adversarial catalogue",
             "",
-            "Generated by `HF_HUB_OFFLINE=1 python -m pytest tests/test_adversarial.py` (any test run that",
-            "grades every case rewrites it). Each submission below is graded by the real grader on the",
-            "built-in model; a case whose verdict differs from the expected one fails the test run.",
-            "Sandbox: bubblewrap where installed (CI installs it), with per-run control groups for memory",
-            "and processes; see `grader/sandbox.py` for what each mode enforces.",
+            "Written by `HF_HUB_OFFLINE=1 python -m pytest tests/test_adversarial.py --write-reliability`;",
+            "every test run compares the committed file with its own verdicts and fails when it is stale.",
+            "Each submission below is graded by the real grader on the built-in model: a notebook is",
+            "executed in the sandbox (bubblewrap where installed; CI installs it), a file goes through the",
+            "CLI, and artefacts — the lab's steps with a mistake, saved by the grader's own saver — go",
+            "straight to the checks. A case whose verdict differs from the expected one fails the test run.",
+            "See `grader/execute/sandbox.py` for what each sandbox mode enforces.",
             "",
             f"**Totals: {len(CASES)} cases tried · false passes {false_passes} · grader crashes {crashes} · "
-            f"verdicts as expected {sum(r['as_expected'] for r in RESULTS.values())}/{len(CASES)}.**",
+            f"verdicts as expected {sum(r['as_expected'] for r in results.values())}/{len(CASES)}.**",
             "",
-            "| submission | what it tries | verdict | the grader's reason | as expected |",
-            "|---|---|---|---|---|",
+            "| submission | what it tries | graded as | verdict | the grader's reason | as expected |",
+            "|---|---|---|---|---|---|",
             *rows,
             "",
             "## Property-based fuzzing (hypothesis)",
@@ -489,7 +478,14 @@ def write_reliability() -> bool:
             "",
         ]
     )
-    RELIABILITY.parent.mkdir(exist_ok=True)
-    if not RELIABILITY.exists() or RELIABILITY.read_text() != text:
-        RELIABILITY.write_text(text)
-    return True
+
+
+def verdict_rows(text: str) -> list[tuple[str, ...]]:
+    """The rows of a rendered report without the reason column (it quotes machine-specific error
+    text such as a resolver's message): name, attack, graded as, verdict, as expected."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        if line.startswith("| ") and len(cells) == 6 and cells[0] != "submission":
+            rows.append((cells[0], cells[1], cells[2], cells[3], cells[5]))
+    return rows

@@ -1,4 +1,4 @@
-"""Shared fixtures: everything on CPU, offline, with the built-in tiny model."""
+"""Fixtures: everything on CPU, offline, with the built-in tiny model (shared helpers: helpers.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,22 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub reads it
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# pytest-xdist runs several workers at once: split the cores between them (and the kernels and
+# graders they start, which inherit this), or OpenMP threads spin against each other (2 workers
+# with 2 threads each on 2 cores ran a grading ~10× slower here).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(_threads)
 
 import pytest  # noqa: E402
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--write-reliability",
+        action="store_true",
+        help="rewrite docs/RELIABILITY.md from this run's adversarial catalogue (tests/test_adversarial.py)",
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -25,15 +39,3 @@ def pipe():
     p = lab_utils.load_pipeline("tiny", device="cpu")
     p.set_progress_bar_config(disable=True)
     return p
-
-
-FAST = dict(steps=8, guidance=5.0)  # fewer denoising steps: same mechanics, faster tests
-
-
-def pytest_sessionfinish(session, exitstatus):
-    """Rewrite docs/RELIABILITY.md from the adversarial catalogue when this run graded every case."""
-    import sys
-
-    adversarial = sys.modules.get("adversarial")
-    if adversarial is not None:
-        adversarial.write_reliability()

@@ -12,7 +12,7 @@ from conftest import FAST
 import lab_utils
 from lab_utils import world
 from lab_utils.errors import LabError
-from lab_utils.evaluate import evaluate, held_out_prompts
+from lab_utils.evaluation import evaluate, held_out_prompts
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_bad_clip_and_reference_folders_are_one_line_errors(pipe, clip_folder, t
 
 def test_collapse_is_caught_by_diversity():
     """Identical outputs for every seed of a held-out prompt = collapsed, whatever the style says."""
-    from lab_utils.evaluate import GroupResult, _verdicts
+    from lab_utils.evaluation import GroupResult, _verdicts
 
     styled = held_out_prompts(1)[0]
     training = GroupResult("training prompt", ["t"], [0, 1], 3.0, (10.0, 5.0), (20.0, 20.0))
@@ -134,7 +134,7 @@ def test_a_style_that_also_shows_without_the_trigger_does_not_generalise():
     """The style must come with its trigger only: a rim on prompts without "sks" is a leak, even when
     the triggered prompts gain it and colours are kept (the trained adapter itself is measured on
     `tiny` by tests/test_going_further.py)."""
-    from lab_utils.evaluate import GroupResult, _verdicts
+    from lab_utils.evaluation import GroupResult, _verdicts
 
     training = GroupResult("training prompt", ["t"], [0, 1], 3.0, (10.0, 5.0), (20.0, 20.0))
     styled = GroupResult(

@@ -10,7 +10,7 @@ from conftest import FAST
 from peft import LoraConfig, get_peft_model
 
 import lab_utils
-from lab_utils.errors import out_of_memory_hint
+from lab_utils.environment import out_of_memory_hint
 
 CONFIG = dict(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
 

@@ -4,16 +4,15 @@ Top level: ``score``, ``max_score``, ``execution_time`` (s), ``output``, ``tests
 (the environment fingerprint, the execution summary and ``status``: "running" while checks remain,
 "graded" when done). Each test: ``name``, ``score``, ``max_score``, ``status`` ("passed" |
 "failed"), ``output``, ``visibility`` ("visible" | "hidden"). A hidden check's output is only its
-verdict. The JSON Schema is ``grader/results.schema.json``.
+verdict. The JSON Schema is ``grader/outputs/results.schema.json``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from grader.checks import CheckResult
 from grader.files import write_json
-from grader.grade import GradeReport
+from grader.types import CheckResult, GradeReport
 
 SCHEMA = Path(__file__).with_name("results.schema.json")
 

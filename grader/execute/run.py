@@ -1,4 +1,4 @@
-"""Execute a notebook headlessly with nbclient: a fresh kernel in a sandbox (grader/sandbox.py),
+"""Execute a notebook headlessly with nbclient: a fresh kernel in a sandbox (grader/execute/sandbox.py),
 per-cell and total timeouts, capped output, and the grader's artefact cell after each step."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -19,23 +18,15 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 from grader.artefacts import save_cell_source
-from grader.sandbox import Limits, Sandbox, allow_writes, memory_exhausted, prepare
-from lab_utils.errors import LabError
-from lab_utils.models import MODEL_ENV, resolve_model
+from grader.config import GradingConfig
+from grader.execute.sandbox import Sandbox, allow_writes, memory_exhausted, prepare
+from grader.notebook import cell_steps
+from grader.types import StepFailure
+from lab_utils.models import MODEL_ENV, ModelSpec
 
 KERNEL_NAME = "sd-lora-lab-grader"
 SKIP_TAG = "self-check"  # cells the learner runs for themselves; the grader does not
 SAVE_TIMEOUT = 300.0  # seconds for the artefact cell (saving an SD 1.5 adapter takes < 1 s)
-
-
-@dataclass
-class StepFailure:
-    step: int | None
-    reason: str
-
-    def __str__(self) -> str:
-        where = f"step {self.step}" if self.step is not None else "the notebook"
-        return f"{where} failed: {self.reason}"
 
 
 @dataclass
@@ -51,34 +42,6 @@ class Execution:
     sandbox: str = ""  # the sandbox mode used
     isolation: list[str] = field(default_factory=list)  # protections this machine could not enforce
     output_dropped: int = 0  # bytes of output beyond the cap
-
-
-def read_notebook(path: Path) -> nbformat.NotebookNode:
-    """Read and validate a notebook; a missing, corrupt or non-notebook file is one clear LabError."""
-    if not path.is_file():
-        raise LabError(f"notebook '{path}' does not exist")
-    try:
-        nb = nbformat.from_dict(nbformat.read(path, as_version=4))  # old formats come back as v2 nodes
-    except Exception as error:  # nbformat raises several types for malformed files
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise LabError(f"'{path}' is not a notebook: {first}") from None
-    try:
-        nbformat.validate(nb)
-    except nbformat.ValidationError as error:
-        raise LabError(f"'{path}' is not a valid notebook: {str(error).splitlines()[0]}") from None
-    return nb
-
-
-def cell_step(cell, current: int | None) -> int | None:
-    """The lab step a cell belongs to: its ``lab.step`` metadata, else a "Step N" markdown heading."""
-    step = cell.get("metadata", {}).get("lab", {}).get("step")
-    if isinstance(step, int):
-        return step
-    if cell.cell_type == "markdown":
-        match = re.search(r"^#+\s*Step\s+(\d+)", cell.source, flags=re.MULTILINE | re.IGNORECASE)
-        if match:
-            return int(match.group(1))
-    return current
 
 
 def _kernel_manager(kernels_dir: Path, sandbox: Sandbox) -> AsyncKernelManager:
@@ -128,49 +91,43 @@ class _CappedClient(NotebookClient):
         return super().output(outs, msg, display_id, cell_index)
 
 
-def kernel_environment(model: str) -> dict[str, str]:
-    """What the kernel must know besides the allow-listed environment: the model, and where the
-    model files already are (the kernel has no network and its own HOME)."""
+def kernel_environment(model: ModelSpec) -> dict[str, str]:
+    """What the kernel must know besides the allow-listed environment: the model (a folder as an
+    absolute path: the kernel runs in its own folder), and where the model files already are (the
+    kernel has no network and its own HOME)."""
     from huggingface_hub import constants
 
     return {
-        MODEL_ENV: model,
+        MODEL_ENV: model.source if model.kind in ("folder", "single_file") else model.name,
         "MPLBACKEND": os.environ.get("MPLBACKEND", "module://matplotlib_inline.backend_inline"),
         "HF_HOME": str(constants.HF_HOME),
         "HF_HUB_CACHE": str(constants.HF_HUB_CACHE),
     }
 
 
-def make_model_available(model: str) -> None:
+def make_model_available(model: ModelSpec) -> None:
     """Before the kernel starts (it has no network): check ``tiny``'s weights are there, download a
     named hub model once. Raises LabError for a model that cannot be used."""
-    spec = resolve_model(model)
-    if spec.kind == "tiny":
+    if model.kind == "tiny":
         from lab_utils.tiny import tiny_model_dir
 
         tiny_model_dir()
-    elif spec.kind == "hub":
+    elif model.kind == "hub":
         from huggingface_hub import constants, snapshot_download
 
         if not constants.HF_HUB_OFFLINE:
-            snapshot_download(spec.source)
+            snapshot_download(model.source)
 
 
 def execute_notebook(
-    nb: nbformat.NotebookNode,
-    model: str,
-    artefact_dir: Path,
-    cell_timeout: float,
-    total_timeout: float,
-    startup_timeout: float = 60.0,
-    sandbox_mode: str = "auto",
-    limits: Limits | None = None,
-    output_mb: float = 20.0,
+    nb: nbformat.NotebookNode, model: ModelSpec, artefact_dir: Path, config: GradingConfig
 ) -> Execution:
     """Run every code cell in order in a fresh kernel, stopping at the first error. Artefacts are
     snapshotted into ``artefact_dir/after-step-N`` as each step finishes and into
     ``artefact_dir/final`` at the end (if the kernel is still alive). Cells tagged ``self-check``
     are skipped. Never raises for anything the notebook does."""
+    cell_timeout, total_timeout = config.timeouts.cell, config.timeouts.total
+    output_mb = config.limits.output_mb
     nb = copy.deepcopy(nb)  # outputs and the grader's cell are written into this copy
     steps = cell_steps(nb)
     execution = Execution(steps_total=max((s for s in steps if s is not None), default=0), steps_completed=0)
@@ -186,7 +143,7 @@ def execute_notebook(
 
     make_model_available(model)
     with tempfile.TemporaryDirectory(prefix="sd-lora-lab-run-") as tmp:
-        sandbox = prepare(Path(tmp) / "run", sandbox_mode, limits)
+        sandbox = prepare(Path(tmp) / "run", config.limits)
         artefact_dir.mkdir(parents=True, exist_ok=True)
         allow_writes(sandbox, artefact_dir)
         execution.sandbox = sandbox.mode
@@ -197,7 +154,7 @@ def execute_notebook(
             km=_kernel_manager(Path(tmp) / "kernels", sandbox),
             timeout=int(cell_timeout),
             timeout_func=timeout_for,
-            startup_timeout=int(startup_timeout),
+            startup_timeout=int(config.timeouts.startup),
             allow_errors=False,
             interrupt_on_timeout=False,  # a loop that swallows KeyboardInterrupt would hang nbclient
             shutdown_kernel="immediate",
@@ -275,16 +232,6 @@ def latest_snapshot(artefact_dir: Path) -> Path:
         if p.name.rsplit("-", 1)[1].isdigit() and (p / "manifest.json").is_file()
     )
     return steps[-1][1] if steps else artefact_dir / "final"
-
-
-def cell_steps(nb: nbformat.NotebookNode) -> list[int | None]:
-    """The step of every cell: its own marker, else the nearest one above it."""
-    steps: list[int | None] = []
-    step = None
-    for cell in nb.cells:
-        step = cell_step(cell, step)
-        steps.append(step)
-    return steps
 
 
 def _save(client: NotebookClient, artefact_dir: Path, execution: Execution) -> None:

@@ -1,6 +1,6 @@
 """The learner's kernel in a sandbox, without Docker: limits, a private folder, no network, no survivors.
 
-The grader starts every kernel through this module's launcher (``python -m grader.sandbox SPEC --
+The grader starts every kernel through this module's launcher (``python -m grader.execute.sandbox SPEC --
 ARGV``), which — before any learner code exists — joins the run's control groups, sets resource
 limits and cuts the network, then becomes the kernel (``exec``):
 
@@ -41,7 +41,9 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-MODES = ("auto", "bwrap", "basic", "none")
+from grader.config import Limits
+from lab_utils.errors import LabError
+
 STATUS_FILE = "sandbox.json"
 GPU_FRACTION_ENV = "SD_LORA_LAB_GPU_MEMORY_FRACTION"
 CLONE_NEWNET = 0x40000000
@@ -65,14 +67,6 @@ KEEP_ENV = (
 )
 
 
-@dataclass(frozen=True)
-class Limits:
-    memory_gb: float = 16.0  # CPU memory for all of the kernel's processes
-    processes: int = 512  # threads count too: torch starts one per core and CUDA a few more
-    file_size_mb: float = 4096.0  # the largest file the kernel may write
-    gpu_memory_fraction: float | None = None  # of each visible GPU; None = no cap
-
-
 @dataclass
 class Sandbox:
     """One run's sandbox: its folders, its control groups, and what it could enforce here."""
@@ -94,12 +88,12 @@ class Sandbox:
         return [
             sys.executable,
             "-m",
-            "grader.sandbox",
+            "grader.execute.sandbox",
             str(spec),
             "--",
             sys.executable,
             "-m",
-            "grader.kernel",
+            "grader.execute.kernel",
             "-f",
             "{connection_file}",
         ]
@@ -155,18 +149,14 @@ class Sandbox:
                     time.sleep(0.05)
 
 
-def prepare(run_dir: Path, mode: str = "auto", limits: Limits | None = None) -> Sandbox:
-    """Create the run's folders, control groups and the launcher's spec; decide the mode."""
-    if mode not in MODES:
-        from lab_utils.errors import LabError
-
-        raise LabError(f"--sandbox must be one of {', '.join(MODES)} (got {mode!r})")
+def prepare(run_dir: Path, limits: Limits | None = None) -> Sandbox:
+    """Create the run's folders, control groups and the launcher's spec; decide the mode
+    (``limits.sandbox``, validated with the rest of the config)."""
     limits = limits or Limits()
+    mode = limits.sandbox
     if mode == "auto":
         mode = "bwrap" if bwrap_works() else "basic"
     elif mode == "bwrap" and not bwrap_works():
-        from lab_utils.errors import LabError
-
         raise LabError(
             "--sandbox bwrap: bubblewrap is not installed or cannot create namespaces here "
             "(apt install bubblewrap, or use --sandbox basic)"

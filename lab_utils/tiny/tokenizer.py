@@ -1,21 +1,11 @@
-"""The built-in miniature Stable Diffusion ("tiny"): SD 1.5's component classes at toy sizes,
-trained by this project on the miniature world (:mod:`lab_utils.world`).
-
-``lab_utils/tiny_model/`` is a diffusers pipeline folder — CLIP text encoder and tokenizer,
-UNet2DConditionModel with cross-attention, AutoencoderKL, DDIM scheduler — with fp16 safetensors
-weights written by ``python -m lab_utils.train_world`` and its ``training.json`` (settings, seed,
-durations, held-out checker accuracy). It ships inside the package, so it loads offline.
-"""
+"""The built-in model's CLIP tokenizer files: a byte-level BPE vocabulary in which every word the
+lab's prompts use is one token (shipped as ``model/tokenizer/vocab.json`` and ``merges.txt``)."""
 
 from __future__ import annotations
 
 import json
 from itertools import pairwise
 from pathlib import Path
-
-from lab_utils.errors import LabError
-
-TINY_MODEL_DIR = Path(__file__).parent / "tiny_model"
 
 # Words the lab's prompts use; each becomes one token (any other text still tokenizes, by bytes).
 TINY_WORDS = """
@@ -84,18 +74,8 @@ def build_tokenizer_files(words: list[str] = TINY_WORDS) -> tuple[dict[str, int]
 
 
 def write_tokenizer_files(folder: Path) -> None:
-    """Write ``vocab.json`` and ``merges.txt`` (the files shipped in ``tiny_model/tokenizer``)."""
+    """Write ``vocab.json`` and ``merges.txt`` (the files shipped in ``lab_utils/tiny/model/tokenizer``)."""
     vocab, merges = build_tokenizer_files()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=0) + "\n")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-
-
-def tiny_model_dir() -> Path:
-    """The folder ``tiny`` loads from: the package's own trained weights."""
-    if not any((TINY_MODEL_DIR / "unet").glob("*.safetensors")):
-        raise LabError(
-            f"the built-in model's weights are missing from {TINY_MODEL_DIR}: reinstall the package "
-            "(pip install -e .) or restore the folder from the repository"
-        )
-    return TINY_MODEL_DIR

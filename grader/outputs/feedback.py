@@ -6,7 +6,7 @@ from pathlib import Path
 
 from grader.artefacts import Artefacts
 from grader.files import write_text
-from grader.grade import GradeReport
+from grader.types import GradeReport
 from lab_utils.display import difference_heatmap
 
 
@@ -69,10 +69,10 @@ def write_feedback(report: GradeReport, artefacts: Artefacts, output: Path) -> P
 
 
 def adapter_summary(folder: Path) -> list[str]:
-    """What ``lab_utils.export.diagnose_adapter`` reads in the saved adapter, as Markdown bullets
+    """What ``lab_utils.adapters.diagnose_adapter`` reads in the saved adapter, as Markdown bullets
     (the file only: the checks above already regenerated the images)."""
+    from lab_utils.adapters import diagnose_adapter
     from lab_utils.errors import LabError
-    from lab_utils.export import diagnose_adapter
 
     try:
         found = diagnose_adapter(folder)

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 from PIL import Image
 
-from lab_utils.errors import out_of_memory_hint
+from lab_utils.environment import out_of_memory_hint
 
 RECORD_KEY = "sd_lora_lab"
 """Key under which ``generate`` stores its :class:`GenerationRecord` in ``image.info``."""

@@ -1,7 +1,7 @@
-"""Train a miniature Stable Diffusion on the procedural world (lab_utils.world), from scratch.
+"""Train a miniature Stable Diffusion on the procedural world (lab_utils.tiny.world), from scratch.
 
-    python -m lab_utils.train_world --out runs/tiny-world [--vae-minutes 15] [--diffusion-minutes 90]
-    python -m lab_utils.train_world --out runs/longer --resume runs/tiny-world --diffusion-minutes 30
+    python -m lab_utils.tiny.train --out runs/tiny-world [--vae-minutes 15] [--diffusion-minutes 90]
+    python -m lab_utils.tiny.train --out runs/longer --resume runs/tiny-world --diffusion-minutes 30
 
 Same component classes as SD 1.5: AutoencoderKL (factor 4 at 64 px: factor 8 loses the shapes),
 then a CLIPTextModel trained jointly with a UNet2DConditionModel with cross-attention (no pretrained
@@ -10,7 +10,7 @@ CLIP exists offline; the lab freezes it like SD's), epsilon prediction with Min-
 Each stage runs for a time budget and checkpoints by step. At the end the EMA pipeline is evaluated
 with the world's checker on held-out colour–shape pairs and written (fp16 safetensors, ~15 MB) with
 ``training.json``: settings, seed, durations and metrics. Copy the folder over
-``lab_utils/tiny_model`` to make it the built-in ``tiny``.
+``lab_utils/tiny/model`` to make it the built-in ``tiny``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lab_utils import world
-from lab_utils.tiny import TINY_MODEL_DIR
+from lab_utils.tiny import TINY_MODEL_DIR, world
 
 
 @dataclass
@@ -291,9 +290,9 @@ def build_pipeline(vae, components: dict):
     )
 
 
-def evaluate(pipe, s: Settings, pool: list[world.Attributes]) -> dict:
+def held_out_accuracy(pipe, s: Settings, pool: list[world.Attributes]) -> dict:
     """Checker accuracy per attribute on ``eval_prompts`` combinations drawn from ``pool``."""
-    from lab_utils.generate import generate
+    from lab_utils.generation import generate
 
     pipe.set_progress_bar_config(disable=True)
     rng = random.Random(s.seed + 2)
@@ -308,7 +307,7 @@ def evaluate(pipe, s: Settings, pool: list[world.Attributes]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
-        prog="python -m lab_utils.train_world", description=__doc__.split("\n")[0]
+        prog="python -m lab_utils.tiny.train", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for the trained pipeline")
     parser.add_argument(
@@ -359,7 +358,7 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"saved the pipeline to {args.out}")
     pipe.to(torch.float32)
     train, held_out = world.split()
-    metrics["held_out_accuracy"] = evaluate(pipe, s, held_out)
+    metrics["held_out_accuracy"] = held_out_accuracy(pipe, s, held_out)
     log(f"held-out accuracy: {metrics['held_out_accuracy']}")
     metrics["total_seconds"] = round(time.monotonic() - start)
     record = {

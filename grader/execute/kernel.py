@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from grader.sandbox import GPU_FRACTION_ENV
+from grader.execute.sandbox import GPU_FRACTION_ENV
 
 
 def main() -> None:

@@ -7,8 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from grader.checks import CheckResult
-from grader.grade import GradeReport
+from grader.types import CheckResult, GradeReport
 
 
 def print_checks(checks: list[CheckResult], title: str, console: Console | None = None) -> None:

@@ -4,7 +4,7 @@ held-out prompts, several seeds each, and reports per group:
 
 - pixel change (mean |adapted − base| on 0–255): proves the adapter is wired, nothing more;
 - prompt adherence: on the built-in world, the analytic checker's accuracy per attribute and the
-  sks style score (:mod:`lab_utils.world`); with a CLIP model folder, the CLIP score
+  sks style score (:mod:`lab_utils.tiny.world`); with a CLIP model folder, the CLIP score
   (100 · max(cos(image, text), 0), the torchmetrics definition) — nothing downloads;
 - collapse: how far outputs are from the training image (falling = copying it) and diversity
   across seeds (mean pairwise difference; falling = one image whatever the seed);
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lab_utils import world
 from lab_utils.errors import LabError
-from lab_utils.generate import generate
+from lab_utils.generation import generate
 from lab_utils.metrics import mean_abs_diff
+from lab_utils.tiny import world
 
 WIRED_THRESHOLD = 0.5  # the lab's pixel proof (0–255)
 CHECKED = ("background", "colour", "shape")  # what the miniature model reliably follows

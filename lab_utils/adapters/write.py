@@ -1,0 +1,122 @@
+"""Writing an adapter in the file formats people load (key names: :mod:`lab_utils.adapters.schemes`).
+
+The kohya file keeps the **trained** alpha in every ``.alpha`` (diffusers' own converter writes
+alpha = rank) and ``ss_*`` header metadata (base model, rank, alpha, steps); the diffusers file keeps
+the LoRA config in its metadata so ``pipe.load_lora_weights`` restores the trained strength.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
+
+from lab_utils.adapters.schemes import (
+    DIFFUSERS_FILE,
+    SCHEMES,
+    kohya_keys,
+    module_kind,
+    pattern_value,
+    peft_module,
+)
+from lab_utils.errors import LabError
+from lab_utils.lora import save_adapter
+
+
+def _peft_state(unet: PeftModel) -> dict[str, torch.Tensor]:
+    """{module path + ".lora_A.weight" | ".lora_B.weight": tensor}, module paths as in the U-Net."""
+    if not isinstance(unet, PeftModel):
+        raise LabError("export needs the PEFT-wrapped U-Net returned by get_peft_model/attach_lora")
+    state = get_peft_model_state_dict(unet)
+    return {k.removeprefix("base_model.model."): v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def _lora_config(unet: PeftModel) -> LoraConfig:
+    config = unet.peft_config["default"]
+    if not isinstance(config, LoraConfig):
+        raise LabError(f"the adapter is {type(config).__name__}, not LoRA")
+    return config
+
+
+def module_rank_alpha(unet: PeftModel, module: str) -> tuple[int, float]:
+    """The (rank, alpha) PEFT uses for ``module``, rank_pattern/alpha_pattern included."""
+    config = _lora_config(unet)
+    return (
+        int(pattern_value(config.rank_pattern, module, config.r)),
+        float(pattern_value(config.alpha_pattern, module, config.lora_alpha)),
+    )
+
+
+def export_adapter(
+    unet: PeftModel,
+    path: str | os.PathLike[str],
+    scheme: str = "kohya",
+    trigger: str = "",
+    steps: int | None = None,
+    base_model: str = "sd_v1",
+) -> Path:
+    """Write the adapter of ``unet`` as ``scheme``; returns the file (or, for peft, the folder)."""
+    if scheme not in SCHEMES:
+        raise LabError(f"scheme={scheme!r}: use one of {', '.join(SCHEMES)}")
+    path = Path(path)
+    if scheme == "peft":
+        return save_adapter(unet, path)
+    state = _peft_state(unet)
+    config = _lora_config(unet)
+    if scheme == "diffusers":
+        from diffusers import StableDiffusionPipeline
+
+        path.mkdir(parents=True, exist_ok=True)
+        adapter_metadata = {
+            "r": config.r,
+            "lora_alpha": config.lora_alpha,
+            "target_modules": sorted(_modules(state)),
+            "use_rslora": bool(config.use_rslora),
+            "rank_pattern": dict(config.rank_pattern or {}),
+            "alpha_pattern": dict(config.alpha_pattern or {}),
+        }
+        StableDiffusionPipeline.save_lora_weights(
+            path, unet_lora_layers=state, unet_lora_adapter_metadata=adapter_metadata, safe_serialization=True
+        )
+        return path / DIFFUSERS_FILE
+    tensors: dict[str, torch.Tensor] = {}
+    for module in sorted(_modules(state)):
+        rank, alpha = module_rank_alpha(unet, module)
+        if config.use_rslora:  # PEFT scales by alpha/√r; kohya readers by alpha/r
+            alpha = alpha * math.sqrt(rank)
+        down, up, alpha_key = kohya_keys(module)
+        tensors[down] = state[f"{module}.lora_A.weight"]
+        tensors[up] = state[f"{module}.lora_B.weight"]
+        tensors[alpha_key] = torch.tensor(float(alpha))
+    metadata = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(config.r),
+        "ss_network_alpha": str(float(config.lora_alpha) * (math.sqrt(config.r) if config.use_rslora else 1)),
+        "ss_base_model_version": base_model,
+        "ss_steps": str(steps) if steps is not None else "",
+        "sd_lora_lab_targets": json.dumps(sorted({module_kind(m) for m in _modules(state)})),
+        "sd_lora_lab_trigger": trigger,
+    }
+    if path.suffix != ".safetensors":
+        raise LabError(f"'{path}': a kohya adapter is one .safetensors file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=".lora-", suffix=".safetensors", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _modules(state: dict[str, torch.Tensor]) -> set[str]:
+    return {peft_module(key) for key in state}

@@ -1,0 +1,163 @@
+"""What the tests share (the one helper module: test modules never import each other).
+
+- paths, the solution's edit targets, and notebook builders (``solution_with``, ``cells``);
+- ``run_grader``: ``python -m grader`` in a subprocess;
+- ``lab_artefacts``: the lab's four steps run in this process on the built-in model and saved with
+  the grader's own saver — hand-built artefacts, for testing the checks' verdicts and messages
+  without executing a notebook (``grade_artefacts`` runs the checks on them).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLUTION = ROOT / "notebooks" / "sd_lora_lab_solution.ipynb"
+STUDENT = ROOT / "notebooks" / "sd_lora_lab.ipynb"
+SOURCE = ROOT / "notebooks" / "source" / "sd_lora_lab.ipynb"
+CHECKS_FILE = ROOT / "notebooks" / "source" / "sd_lora_lab.checks.toml"
+
+FAST = dict(steps=8, guidance=5.0)  # fewer denoising steps: same mechanics, faster tests
+
+# edit targets in the solution notebook
+LR0 = ("TRAIN_STEPS, LEARNING_RATE = 50, 3e-3", "TRAIN_STEPS, LEARNING_RATE = 50, 0.0")
+RANK8 = ("RANK, ALPHA = 4, 4", "RANK, ALPHA = 8, 8")
+STEP3 = "TRAIN_STEPS, LEARNING_RATE"  # the first line of step 3's cell
+ADAPTED = "adapted_image = lab_utils.generate(pipe, PROMPT, seed=SEED,"
+OTHER_SEED = (ADAPTED, ADAPTED.replace("seed=SEED,", "seed=SEED + 1,"))
+DIE_AT_3 = dict(after=STEP3, cell="import os\nos._exit(1)")
+
+
+def solution_with(
+    *edits: tuple[str, str], after: str | None = None, cell: str = ""
+) -> Callable[[Path], Path]:
+    """The solution notebook with text replacements (each must apply) and optionally a code cell
+    inserted after the first cell containing ``after`` (in that cell's step), or before it when
+    ``after`` starts with '<'."""
+
+    def build(tmp: Path) -> Path:
+        nb = nbformat.read(SOLUTION, as_version=4)
+        for old, new in edits:
+            hits = [c for c in nb.cells if old in c.source]
+            assert hits, f"edit target not found: {old!r}"
+            for hit in hits:
+                hit.source = hit.source.replace(old, new)
+        if after is not None:
+            before = after.startswith("<")
+            needle = after.lstrip("<")
+            index = next(i for i, c in enumerate(nb.cells) if needle in c.source)
+            new_cell = nbformat.v4.new_code_cell(cell)
+            new_cell.metadata["lab"] = {"step": nb.cells[index].metadata.get("lab", {}).get("step")}
+            nb.cells.insert(index if before else index + 1, new_cell)
+        tmp.mkdir(parents=True, exist_ok=True)
+        path = tmp / "submission.ipynb"
+        nbformat.write(nb, path)
+        return path
+
+    return build
+
+
+def cells(*sources: str) -> Callable[[Path], Path]:
+    """A small notebook of its own: one code cell per source, all in step 1."""
+
+    def build(tmp: Path) -> Path:
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("## Step 1")])
+        nb.cells += [nbformat.v4.new_code_cell(source) for source in sources]
+        path = tmp / "submission.ipynb"
+        nbformat.write(nb, path)
+        return path
+
+    return build
+
+
+def run_grader(*args: str, timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:
+    """``python -m grader ARGS`` from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "grader", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=kwargs.pop("env", os.environ),
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+def config(**tables):
+    """A GradingConfig from checks-file tables, e.g. ``config(timeouts={"cell": 5})``."""
+    from grader.config import GradingConfig
+
+    return GradingConfig.from_tables(tables, "test")
+
+
+# --- hand-built artefacts: the lab's steps in this process -------------------------------------------
+
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+LAB_STEPS = dict(steps=10, guidance=7.5)  # the artefacts' generation settings (the notebook uses 25)
+
+
+def lab_namespace(
+    pipe,
+    rank: int = 4,
+    alpha: float = 4,
+    targets: list[str] = TARGETS,
+    train_steps: int = 20,
+    lr: float = 3e-3,
+    adapted_seed: int = 0,
+    adapted_before_training: bool = False,
+) -> dict:
+    """The variables the lab notebook leaves behind (``baseline_image``, ``unet``, ``adapted_image``
+    …), made in this process with the notebook's own calls on ``pipe`` (its U-Net is wrapped in place)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    import lab_utils
+
+    prompt = lab_utils.TRAIN_PROMPT
+    baseline = lab_utils.generate(pipe, prompt, seed=0, **LAB_STEPS)
+    torch.manual_seed(0)
+    unet = get_peft_model(pipe.unet, LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets))
+    early = lab_utils.generate(pipe, prompt, seed=adapted_seed, **LAB_STEPS) if adapted_before_training else None
+    image, train_prompt = lab_utils.training_example(lab_utils.native_size(pipe))
+    lab_utils.train_lora(pipe, unet, image, train_prompt, steps=train_steps, lr=lr)
+    adapted = early or lab_utils.generate(pipe, prompt, seed=adapted_seed, **LAB_STEPS)
+    return {"pipe": pipe, "unet": unet, "baseline_image": baseline, "adapted_image": adapted, "PROMPT": prompt}
+
+
+def lab_artefacts(folder: Path, namespace: dict) -> Path:
+    """Save ``namespace`` with the grader's own saver (what its cell does in the kernel)."""
+    from grader.artefacts import save_artefacts
+
+    save_artefacts(folder, namespace)
+    return folder
+
+
+def grade_artefacts(folder: Path, grading=None, failure=None, submission: str = "hand-built"):
+    """The checks on a saved artefact folder, as a GradeReport (what grade_notebook builds)."""
+    from grader.artefacts import read_artefacts
+    from grader.checks import verify
+    from grader.config import GradingConfig
+    from grader.types import GradeReport
+    from lab_utils.models import resolve_model
+
+    grading = grading or GradingConfig()
+    artefacts = read_artefacts(folder)
+    report = GradeReport(
+        submission=submission,
+        notebook=str(folder),
+        model="tiny",
+        key="",
+        status="graded",
+        max_score=grading.max_score,
+        execution={"failure": str(failure) if failure else None, "artefact_errors": artefacts.errors},
+    )
+    report.checks = list(verify(artefacts, resolve_model("tiny"), grading, failure))
+    report.score = sum(c.points for c in report.checks)
+    report.passed = bool(report.checks) and all(c.passed for c in report.checks)
+    return report, artefacts
