@@ -3,7 +3,7 @@
     python benchmarks/generation.py [--model tiny|sd15-arch|FOLDER] [--steps 30] [--repeats 3]
 
 Two rank-4 adapters (to_q/k/v/out, random nonzero weights: the cost does not depend on the values)
-are exported in the diffusers format and loaded with ``lab_utils.export.load_lora`` (diffusers'
+are exported in the diffusers format and loaded with ``lab_utils.adapters.load_lora`` (diffusers'
 ``load_lora_weights`` underneath). Base = adapters disabled; unfused = one adapter active;
 fused = ``pipe.fuse_lora()``; swap = ``pipe.set_adapters(other)``, which switches without
 reloading anything. Medians after a warm-up, with a device sync before every clock read.
@@ -19,7 +19,7 @@ import torch
 from common import median, quiet_loading, report, timed
 
 import lab_utils
-from lab_utils.export import export_adapter, load_lora
+from lab_utils.adapters import export_adapter, load_lora
 
 
 def make_adapter(pipe, path: Path, seed: int) -> Path:

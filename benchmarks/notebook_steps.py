@@ -22,7 +22,7 @@ import nbformat
 from common import SOLUTION, report
 from nbclient import NotebookClient
 
-from grader.run import cell_steps
+from grader.notebook import cell_steps
 
 SEED_LAB = (  # the seed lab as the diffusers/PEFT docs write it, one cell per step
     """

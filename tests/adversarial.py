@@ -435,7 +435,11 @@ CASES: list[Case] = [
 
 RESULTS: dict[str, dict] = {}  # case name → what the grader decided (filled by the tests)
 FUZZ: dict[str, int] = {}  # fuzz target → inputs tried (filled by the property-based tests)
-KINDS = {"notebook": "notebook executed", "file": "file, through the CLI", "artefacts": "artefacts, checks only"}
+KINDS = {
+    "notebook": "notebook executed",
+    "file": "file, through the CLI",
+    "artefacts": "artefacts, checks only",
+}
 
 
 def render_reliability(results: dict[str, dict], fuzz: dict[str, int]) -> str:
@@ -444,7 +448,8 @@ def render_reliability(results: dict[str, dict], fuzz: dict[str, int]) -> str:
     for case in CASES:
         result = results[case.name]
         rows.append(
-            f"| {case.name} | {case.attack} | {KINDS[case.kind]} | {result['verdict']} | {result['reason']} | "
+            f"| {case.name} | {case.attack} | {KINDS[case.kind]} | {result['verdict']} | "
+            f"{result['reason']} | "
             f"{'yes' if result['as_expected'] else '**NO**'} |"
         )
     false_passes = sum(1 for r in results.values() if r["false_pass"])

@@ -123,11 +123,19 @@ def lab_namespace(
     baseline = lab_utils.generate(pipe, prompt, seed=0, **LAB_STEPS)
     torch.manual_seed(0)
     unet = get_peft_model(pipe.unet, LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets))
-    early = lab_utils.generate(pipe, prompt, seed=adapted_seed, **LAB_STEPS) if adapted_before_training else None
+    early = (
+        lab_utils.generate(pipe, prompt, seed=adapted_seed, **LAB_STEPS) if adapted_before_training else None
+    )
     image, train_prompt = lab_utils.training_example(lab_utils.native_size(pipe))
     lab_utils.train_lora(pipe, unet, image, train_prompt, steps=train_steps, lr=lr)
     adapted = early or lab_utils.generate(pipe, prompt, seed=adapted_seed, **LAB_STEPS)
-    return {"pipe": pipe, "unet": unet, "baseline_image": baseline, "adapted_image": adapted, "PROMPT": prompt}
+    return {
+        "pipe": pipe,
+        "unet": unet,
+        "baseline_image": baseline,
+        "adapted_image": adapted,
+        "PROMPT": prompt,
+    }
 
 
 def lab_artefacts(folder: Path, namespace: dict) -> Path:

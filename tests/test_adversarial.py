@@ -18,8 +18,18 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from adversarial import CANARY_NAME, CASES, FUZZ, GRADER_FILE, RELIABILITY, RESULTS, ROOT, Case
-from adversarial import render_reliability, verdict_rows
+from adversarial import (
+    CANARY_NAME,
+    CASES,
+    FUZZ,
+    GRADER_FILE,
+    RELIABILITY,
+    RESULTS,
+    ROOT,
+    Case,
+    render_reliability,
+    verdict_rows,
+)
 from helpers import config, grade_artefacts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -324,6 +334,14 @@ def test_fuzz_checks_file_loader(text: str) -> None:
 # --- docs/RELIABILITY.md ----------------------------------------------------------------------------
 
 
+def test_reliability_report_lists_every_catalogue_case() -> None:
+    """Without grading anything: a case added to the catalogue must appear in the committed report."""
+    text = RELIABILITY.read_text()
+    assert f"{len(CASES)} cases tried · false passes 0 · grader crashes 0" in text
+    for case in CASES:
+        assert f"| {case.name} | " in text and "**NO**" not in text
+
+
 def test_reliability_report_matches_this_run(request) -> None:
     """Runs last in this module (same worker as every case): the committed report must list this
     run's verdicts; ``--write-reliability`` rewrites it."""
@@ -333,7 +351,10 @@ def test_reliability_report_matches_this_run(request) -> None:
     if request.config.getoption("--write-reliability"):
         RELIABILITY.write_text(text)
     committed = RELIABILITY.read_text() if RELIABILITY.is_file() else ""
-    stale = "docs/RELIABILITY.md is stale: run `HF_HUB_OFFLINE=1 python -m pytest tests/test_adversarial.py --write-reliability`"
+    stale = (
+        "docs/RELIABILITY.md is stale: run "
+        "`HF_HUB_OFFLINE=1 python -m pytest tests/test_adversarial.py --write-reliability`"
+    )
     assert verdict_rows(committed) == verdict_rows(text), stale
     totals = next(line for line in text.splitlines() if line.startswith("**Totals:"))
     assert totals in committed and "false passes 0 · grader crashes 0" in totals, stale

@@ -20,6 +20,9 @@ from lab_utils.sd15 import (
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+pytestmark = pytest.mark.xdist_group("benchmarks")  # a module-scoped fixture: computed once, in one worker
+
+
 @pytest.fixture(scope="module")
 def bench():
     sys.path.insert(0, str(BENCHMARKS))
@@ -69,7 +72,7 @@ def test_generation_benchmark_measures_base_unfused_fused_and_swap(bench, capsys
 
 def test_plain_lab_reference_is_the_seed_lab(bench):
     nb = bench("notebook_steps").plain_notebook()
-    from grader.run import cell_steps
+    from grader.notebook import cell_steps
 
     assert [s for s in cell_steps(nb) if s is not None] == [1, 2, 3, 4]
     loop = nb.cells[3].source

@@ -13,46 +13,43 @@ import time
 from pathlib import Path
 
 import jsonschema
-import nbformat
 import pytest
 import yaml
-from nbclient import NotebookClient
-from test_grader import SOLUTION, STUDENT, variant
+from helpers import (
+    CHECKS_FILE,
+    DIE_AT_3,
+    LR0,
+    OTHER_SEED,
+    RANK8,
+    ROOT,
+    SOLUTION,
+    STUDENT,
+    grade_artefacts,
+    lab_artefacts,
+    lab_namespace,
+    run_grader,
+    solution_with,
+)
 
 from grader import GradingConfig, grade_notebook, load_config
-from grader.config import CheckSpec
-from grader.results import SCHEMA
+from grader.config import CheckSettings
+from grader.outputs.feedback import write_feedback
+from grader.outputs.gradescope import SCHEMA, write_results
 from lab_utils.errors import LabError
+from lab_utils.models import resolve_model
 
-ROOT = Path(__file__).resolve().parents[1]
-CHECKS = ROOT / "notebooks" / "source" / "sd_lora_lab.checks.toml"
 SCHEMA_JSON = json.loads(SCHEMA.read_text())
-
-LR0 = ("TRAIN_STEPS, LEARNING_RATE = 50, 3e-3", "TRAIN_STEPS, LEARNING_RATE = 50, 0.0")
-RANK8 = ("RANK, ALPHA = 4, 4", "RANK, ALPHA = 8, 8")
-OTHER_SEED = (
-    "adapted_image = lab_utils.generate(pipe, PROMPT, seed=SEED,",
-    "adapted_image = lab_utils.generate(pipe, PROMPT, seed=SEED + 1,",
-)
-DIE_AT_3 = dict(extra_after="TRAIN_STEPS, LEARNING_RATE", extra="import os\nos._exit(1)")
 
 
 def batch(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "grader", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=1200,
-        **kwargs,
-    )
+    return run_grader(*args, timeout=1200, **kwargs)
 
 
 # --- the checks file -------------------------------------------------------------------------------
 
 
 def test_shipped_checks_file_reproduces_the_seed_lab_defaults():
-    assert load_config(CHECKS) == GradingConfig()
+    assert load_config(CHECKS_FILE) == GradingConfig()
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -80,6 +77,12 @@ def write(tmp_path: Path, text: str) -> Path:
         ("[limits]\nmemory_gb = 0", "[limits] memory_gb must be positive"),
         ("[limits]\ngpu_memory_fraction = 1.5", "gpu_memory_fraction must be in (0, 1]"),
         ("[limits]\nprocesses = 2.5", "[limits].processes must be int"),
+        ("[lora]\nalpha = 0", "[lora] alpha must be positive"),
+        ("[lora]\nuse_rslora = 1", "[lora].use_rslora must be bool"),
+        (
+            "[checks.export_reloads]\nimage_tolerance = -1",
+            "[checks.export_reloads] image_tolerance must be ≥ 0",
+        ),
     ],
 )
 def test_invalid_checks_files_are_one_clear_error_naming_file_and_key(tmp_path, text, message):
@@ -97,8 +100,11 @@ def test_checks_file_sets_points_visibility_and_thresholds(tmp_path):
             "points = 2.5\nvisibility = 'hidden'\nmin_mean_abs_diff = 1.0\n",
         )
     )
-    assert config.rank == 8 and config.targets == ("to_q", "to_v") and config.min_mean_abs_diff == 1.0
-    assert config.checks["pixel_difference"] == CheckSpec(points=2.5, step=4, visibility="hidden")
+    assert config.lora.rank == 8 and config.lora.targets == ("to_q", "to_v")
+    assert config.option("pixel_difference", "min_mean_abs_diff") == 1.0
+    assert config.checks["pixel_difference"] == CheckSettings(
+        points=2.5, step=4, visibility="hidden", options={"min_mean_abs_diff": 1.0, "image_tolerance": 0.5}
+    )
     assert config.max_score == 4.5
 
 
@@ -111,7 +117,7 @@ def test_grader_cli_rejects_a_bad_checks_file_in_one_line(tmp_path):
 
 
 def test_a_notebook_that_dies_at_step_3_keeps_step_2_credit_and_writes_valid_results(tmp_path):
-    path = variant(tmp_path, **DIE_AT_3)
+    path = solution_with(**DIE_AT_3)(tmp_path)
     out = tmp_path / "results"
     report = grade_notebook(path, output=out, submission="dies-at-3")
     checks = {c.name: c for c in report.checks}
@@ -138,12 +144,15 @@ def test_a_notebook_that_dies_at_step_3_keeps_step_2_credit_and_writes_valid_res
     assert "### Step 4" in feedback  # the reflections are collected for the instructor
 
 
-def test_hidden_checks_show_only_pass_or_fail(tmp_path):
+def test_hidden_checks_show_only_pass_or_fail(tmp_path, pipe):
+    """On hand-built artefacts (the outputs are what is under test, not the execution)."""
     checks = write(tmp_path, "[checks.pixel_difference]\nvisibility = 'hidden'\npoints = 2\n")
-    path = variant(tmp_path, OTHER_SEED)
+    folder = lab_artefacts(tmp_path / "artefacts", lab_namespace(pipe, adapted_seed=1))
+    report, artefacts = grade_artefacts(folder, load_config(checks))
     out = tmp_path / "results"
-    result = batch(str(path), "--checks", str(checks), "--results", str(out))
-    assert result.returncode == 1, result.stdout + result.stderr
+    out.mkdir()
+    write_results(report, out / "results.json")
+    write_feedback(report, artefacts, out)
     results = json.loads((out / "results.json").read_text())
     jsonschema.validate(results, SCHEMA_JSON)
     hidden = results["tests"][2]
@@ -181,8 +190,7 @@ def test_results_json_is_written_before_the_checks_run(tmp_path):
 
 def make_submissions(folder: Path, tmp_path: Path) -> None:
     def edited(name: str, *edits, **extra) -> Path:
-        (tmp_path / name).mkdir()
-        return variant(tmp_path / name, *edits, **extra)
+        return solution_with(*edits, **extra)(tmp_path / name)
 
     folder.mkdir()
     sources = {
@@ -286,29 +294,20 @@ def test_an_interrupted_batch_resumes_without_regrading(tmp_path):
 # --- the learner's self-check ------------------------------------------------------------------------
 
 
-def test_self_check_agrees_with_the_grader_on_visible_checks(tmp_path):
-    checks = write(tmp_path, "[checks.adapter_gradients]\nvisibility = 'hidden'\n")
-    path = variant(tmp_path, OTHER_SEED)
-    report = grade_notebook(path, config=load_config(checks))
+def test_self_check_agrees_with_the_grader_on_visible_checks(tmp_path, pipe, capsys):
+    """grader.check() on a notebook's variables (its own clean `python -m grader verify` process)
+    gives the grader's verdicts and messages for the visible checks, and says it ran only those."""
+    import grader
 
-    nb = nbformat.read(path, as_version=4)
-    nb.cells.append(
-        nbformat.v4.new_code_cell(
-            f"import grader, json\nresults = grader.check(checks={str(checks)!r})\n"
-            "rows = [[r['name'], r['passed'], r['measured'], r['cause']] for r in results]\n"
-            "print('SELF-CHECK ' + json.dumps(rows))"
-        )
-    )
-    client = NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    )
-    client.execute()
-    text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("name") == "stdout")
-    assert "visible checks only" in text
-    own = json.loads(text.split("SELF-CHECK ", 1)[1].splitlines()[0])
+    checks = write(tmp_path, "[checks.adapter_gradients]\nvisibility = 'hidden'\n")
+    namespace = lab_namespace(pipe, adapted_seed=1)
+    report, _ = grade_artefacts(lab_artefacts(tmp_path / "artefacts", namespace), load_config(checks))
+    own = grader.check(namespace=namespace, checks=str(checks))
+    assert "visible checks only" in capsys.readouterr().out
+    rows = [[r["name"], r["passed"], r["measured"], r["cause"]] for r in own]
     graded = [[c.name, c.passed, c.measured, c.cause] for c in report.checks if c.visibility == "visible"]
-    assert own == graded and [name for name, *_ in own] == ["parameter_count", "pixel_difference"]
-    assert own[1][1] is False and "seed 0 vs 1" in own[1][3]
+    assert rows == graded and [name for name, *_ in rows] == ["parameter_count", "pixel_difference"]
+    assert rows[1][1] is False and "seed 0 vs 1" in rows[1][3]
 
 
 # --- CI on a GPU runner ----------------------------------------------------------------------------
@@ -348,11 +347,12 @@ def test_batch_spreads_workers_over_gpus_and_splits_cpu_cores(tmp_path, monkeypa
     for i in range(4):
         (submissions / f"s{i}.ipynb").write_text("{}")
     config = GradingConfig()
-    batch_module.run_batch(submissions, tmp_path / "gpu", "tiny", config, workers=2, gpus=["0", "1"])
+    tiny = resolve_model("tiny")
+    batch_module.run_batch(submissions, tmp_path / "gpu", tiny, config, workers=2, gpus=["0", "1"])
     assert len(seen) == 4 and {env["CUDA_VISIBLE_DEVICES"] for env in seen} == {"0", "1"}
     assert all("OMP_NUM_THREADS" not in env for env in seen)
     seen.clear()
-    batch_module.run_batch(submissions, tmp_path / "cpu", "tiny", config, workers=2)
+    batch_module.run_batch(submissions, tmp_path / "cpu", tiny, config, workers=2)
     threads = str(max(1, (os.cpu_count() or 1) // 2))
     assert len(seen) == 4 and all(env["OMP_NUM_THREADS"] == threads for env in seen)
     assert all(

@@ -7,12 +7,14 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import FAST
+from helpers import FAST
 
 import lab_utils
-from lab_utils import world
 from lab_utils.errors import LabError
 from lab_utils.evaluation import evaluate, held_out_prompts
+from lab_utils.tiny import world
+
+pytestmark = pytest.mark.xdist_group("evaluate")  # a module-scoped fixture: computed once, in one worker
 
 
 @pytest.fixture(scope="module")

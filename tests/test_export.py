@@ -10,8 +10,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import lab_utils
+from lab_utils.adapters import diagnose_adapter, export_adapter, load_lora, read_adapter, read_adapter_file
 from lab_utils.errors import LabError
-from lab_utils.export import diagnose_adapter, export_adapter, load_lora, read_adapter, read_adapter_file
 
 PROMPT, STEPS = "a red circle on a blue background", 6
 
@@ -24,6 +24,9 @@ def fresh():
 
 def image(pipe):
     return lab_utils.generate(pipe, PROMPT, seed=0, steps=STEPS)
+
+
+pytestmark = pytest.mark.xdist_group("export")  # a module-scoped fixture: computed once, in one worker
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["lora", "rslora"])
@@ -133,7 +136,7 @@ def test_diagnose_flags_untrained_nan_sdxl_and_missing_alpha(trained, tmp_path):
 
 
 def test_grader_feedback_summarises_the_saved_adapter_with_diagnose_adapter(pipe, tmp_path):
-    from grader.feedback import adapter_summary
+    from grader.outputs.feedback import adapter_summary
 
     unet = lab_utils.attach_lora(pipe.unet)  # B = 0: untrained
     folder = lab_utils.save_adapter(unet, tmp_path / "fresh")

@@ -5,36 +5,11 @@ the solution are the catalogue in tests/adversarial.py (tests/test_adversarial.p
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from adversarial import solution_with
-
-ROOT = Path(__file__).resolve().parents[1]
-SOLUTION = ROOT / "notebooks" / "sd_lora_lab_solution.ipynb"
-STUDENT = ROOT / "notebooks" / "sd_lora_lab.ipynb"
+from helpers import SOLUTION, STUDENT, run_grader
 
 pytestmark = pytest.mark.notebook
-
-
-def run_grader(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "grader", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=os.environ,
-        timeout=600,
-    )
-
-
-def variant(tmp_path: Path, *edits: tuple[str, str], extra_after: str | None = None, extra: str = "") -> Path:
-    """The solution notebook with text replacements (each must apply) and optionally a cell added
-    after the first cell containing ``extra_after`` (tests/adversarial.py builds it)."""
-    return solution_with(*edits, after=extra_after, cell=extra)(tmp_path)
 
 
 def test_solution_passes_every_check_through_the_cli(tmp_path):

@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import FAST
+from helpers import FAST
 from peft import LoraConfig, get_peft_model
 
 import lab_utils

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import FAST
+from helpers import FAST
 from PIL import Image
 
 import lab_utils

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import FAST
+from helpers import FAST, ROOT
 
 import lab_utils
-from lab_utils.tiny import TINY_MODEL_DIR, build_tokenizer_files, tiny_model_dir
+from lab_utils.tiny import TINY_MODEL_DIR, tiny_model_dir
+from lab_utils.tiny.tokenizer import build_tokenizer_files
 
 GUIDANCE = 7.5  # the notebook's
 
@@ -28,8 +28,8 @@ def test_tiny_is_real_sd_classes_on_cpu_fp32(pipe):
 def test_tiny_tokenizer_keeps_every_lab_word_whole(pipe):
     """BPE merges by rank, so one word's merges can split another ("g r" from "green" once split
     "background" into six pieces): every word of every caption wording must be a single token."""
-    from lab_utils import world
-    from lab_utils.tiny import TINY_WORDS
+    from lab_utils.tiny import world
+    from lab_utils.tiny.tokenizer import TINY_WORDS
 
     assert [pipe.tokenizer.tokenize(w) for w in TINY_WORDS] == [[f"{w}</w>"] for w in TINY_WORDS]
     outlined = world.Attributes("triangle", "green", "pink", "large", "bottom right", outlined=True)
@@ -49,7 +49,7 @@ def test_shipped_tokenizer_files_match_their_builder():
 
 def test_tiny_ships_trained_weights_that_draw_the_world(pipe):
     """The package's own fp16 weights (≤ 20 MB), and they follow prompts on held-out combinations:
-    a quick sample here; python -m lab_utils.train_world measured the full figures (training.json)."""
+    a quick sample here; python -m lab_utils.tiny.train measured the full figures (training.json)."""
     weights = sum(p.stat().st_size for p in TINY_MODEL_DIR.rglob("*.safetensors"))
     assert tiny_model_dir() == TINY_MODEL_DIR and 5e6 < weights <= 20e6
     record = json.loads((TINY_MODEL_DIR / "training.json").read_text())
@@ -62,12 +62,12 @@ def test_tiny_ships_trained_weights_that_draw_the_world(pipe):
         run = run["metrics"].get("resumed_from")
     assert seconds <= 2 * 3600, seconds
     assert recorded["background"] >= 90 and recorded["colour"] >= 85 and recorded["shape"] >= 70, recorded
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    record_doc = (ROOT / "docs" / "tiny-model.md").read_text()
     row = " | ".join(
         f"{recorded[k]:g}%" for k in ("background", "colour", "shape", "size", "position", "style")
     )
-    assert f"| {row} |" in readme, row  # the README shows the shipped model's figures
-    from lab_utils import world
+    assert f"| {row} |" in record_doc, row  # docs/tiny-model.md shows the shipped model's figures
+    from lab_utils.tiny import world
 
     _, held_out = world.split()
     hits = {"background": 0, "colour": 0}
@@ -83,7 +83,7 @@ def test_tiny_ships_trained_weights_that_draw_the_world(pipe):
 def test_tiny_draws_its_outline_style_on_held_out_pairs_and_never_the_sks_rim(pipe):
     """The base model's own style: "… in outline style" on colour–shape pairs it never saw draws a
     black rim (the slot an adapter's "sks" later fills means something), and never the white one."""
-    from lab_utils import world
+    from lab_utils.tiny import world
 
     _, held_out = world.split()
     asked = [a for a in held_out[::37][:12] if a.background != "black"][:4]

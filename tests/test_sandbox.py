@@ -9,12 +9,13 @@ import os
 import nbformat
 import pytest
 import torch
-from adversarial import STEP3, solution_with
+from helpers import STEP3, config, solution_with
 
-import grader.sandbox
-from grader import GradingConfig, grade_notebook
-from grader.run import _error_line
-from grader.sandbox import bwrap_works, descendants, prepare
+import grader.execute.sandbox
+from grader import grade_notebook
+from grader.config import Limits
+from grader.execute.run import _error_line
+from grader.execute.sandbox import bwrap_works, descendants, prepare
 from lab_utils.errors import LabError
 
 pytestmark = pytest.mark.notebook
@@ -52,7 +53,7 @@ def test_each_mode_scrubs_the_environment_cuts_the_network_and_reports_its_gaps(
     # the probe reports through a file beside the notebook: allowed in basic mode only, so in
     # bwrap mode it writes into its working directory and the assertion reads the failure instead
     before = descendants(os.getpid())  # another test's orphans may be re-parented to this process
-    report = grade_notebook(path, config=GradingConfig(sandbox=mode))
+    report = grade_notebook(path, config=config(limits={"sandbox": mode}))
     assert report.execution["sandbox"] == mode
     gaps = report.execution["isolation_gaps"]
     if mode == "basic":
@@ -73,10 +74,10 @@ def test_each_mode_scrubs_the_environment_cuts_the_network_and_reports_its_gaps(
 
 
 def test_sandbox_bwrap_without_bubblewrap_is_one_line(monkeypatch, tmp_path):
-    monkeypatch.setattr(grader.sandbox, "bwrap_works", lambda: False)
+    monkeypatch.setattr(grader.execute.sandbox, "bwrap_works", lambda: False)
     with pytest.raises(LabError, match=r"--sandbox bwrap: bubblewrap is not installed"):
-        prepare(tmp_path / "run", "bwrap")
-    sandbox = prepare(tmp_path / "run2", "auto")
+        prepare(tmp_path / "run", Limits(sandbox="bwrap"))
+    sandbox = prepare(tmp_path / "run2", Limits(sandbox="auto"))
     sandbox.kill_all()  # removes the control groups it made
     assert sandbox.mode == "basic"  # auto falls back, and says so
     assert any("filesystem not isolated" in n for n in sandbox.notes)
@@ -114,7 +115,7 @@ def test_gpu_memory_fraction_is_applied_in_the_kernel(tmp_path):
     )
     path = tmp_path / "gpu.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[cell]), path)
-    grade_notebook(path, config=GradingConfig(sandbox="basic", gpu_memory_fraction=0.25))
+    grade_notebook(path, config=config(limits={"sandbox": "basic", "gpu_memory_fraction": 0.25}))
     assert float(result.read_text()) == pytest.approx(0.25)
 
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_grader import variant
+from helpers import grade_artefacts, lab_artefacts, lab_namespace, solution_with
 
 from grader import GradingConfig, grade_notebook, load_config
 from grader.artefacts import read_artefacts
+from grader.types import StepFailure
 from lab_utils.errors import LabError
-
-pytestmark = pytest.mark.notebook
 
 STEP5 = """[checks.export_reloads]
 points = 1
@@ -24,11 +23,27 @@ EXPORT = (
     'kohya_file = export_adapter(unet, "my-lora-kohya.safetensors", "kohya", '
     'trigger="sks", steps=TRAIN_STEPS)'
 )
-# the classic converter trap: the file says alpha 8 for an adapter trained with alpha 4 (scale 2, not 1)
-ALPHA_8 = """from safetensors.torch import load_file, save_file
-_tensors = load_file(kohya_file)
-save_file({k: (torch.tensor(8.0) if k.endswith(".alpha") else v) for k, v in _tensors.items()}, kohya_file)"""
-FORGED = "evaluation.groups[2].pixel_change += 3.0  # a nicer number than the adapter made"
+
+
+def step5_namespace(pipe, tmp_path) -> dict:
+    """The lab's steps 1–4 and step 5's calls (export, evaluate on held-out prompts), in this process."""
+    import lab_utils
+    from lab_utils.adapters import export_adapter
+
+    namespace = lab_namespace(pipe)
+    unet = namespace["unet"]
+    namespace["kohya_file"] = export_adapter(
+        unet, tmp_path / "my-lora-kohya.safetensors", "kohya", trigger="sks"
+    )
+    held_out = {
+        "held-out + trigger": lab_utils.held_out_prompts(2),
+        "held-out, no trigger": lab_utils.held_out_prompts(1, styled=False),
+    }
+    image, prompt = lab_utils.training_example(lab_utils.native_size(pipe))
+    namespace["evaluation"] = lab_utils.evaluate(
+        pipe, image, prompt, held_out=held_out, seeds=(0, 1), steps=10
+    )
+    return namespace
 
 
 def step5_config(tmp_path):
@@ -48,8 +63,9 @@ def test_step5_checks_are_off_by_default_and_a_checks_file_turns_them_on(tmp_pat
         load_config(bad)
 
 
+@pytest.mark.notebook
 def test_the_solution_earns_step5_and_the_grader_recomputes_it(tmp_path):
-    report = grade_notebook(variant(tmp_path), config=step5_config(tmp_path))
+    report = grade_notebook(solution_with()(tmp_path), config=step5_config(tmp_path))
     checks = {c.name: c for c in report.checks}
     assert all(c.passed for c in checks.values()), [(c.name, c.cause) for c in report.checks]
     assert report.score == report.max_score == 6 and report.execution["steps_completed"] == 5
@@ -62,9 +78,20 @@ def test_the_solution_earns_step5_and_the_grader_recomputes_it(tmp_path):
     assert all(g["recomputed"] == pytest.approx(g["reported"], abs=1e-6) for g in groups.values())
 
 
-def test_a_wrong_alpha_and_a_forged_evaluation_fail_with_their_causes(tmp_path):
-    notebook = variant(tmp_path, (EXPORT, EXPORT + "\n" + ALPHA_8), extra_after="evaluation = ", extra=FORGED)
-    report = grade_notebook(notebook, config=step5_config(tmp_path))
+def test_a_wrong_alpha_and_a_forged_evaluation_fail_with_their_causes(tmp_path, pipe):
+    """Hand-built artefacts: the export rewritten with alpha 8 for an adapter trained with alpha 4 (the
+    classic converter trap: scale 2, not 1) and a nicer held-out number than the adapter made."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    namespace = step5_namespace(pipe, tmp_path)
+    tensors = load_file(namespace["kohya_file"])
+    save_file(
+        {k: (torch.tensor(8.0) if k.endswith(".alpha") else v) for k, v in tensors.items()},
+        namespace["kohya_file"],
+    )
+    namespace["evaluation"].groups[2].pixel_change += 3.0
+    report, _ = grade_artefacts(lab_artefacts(tmp_path / "artefacts", namespace), step5_config(tmp_path))
     checks = {c.name: c for c in report.checks}
     required = ("parameter_count", "adapter_gradients", "pixel_difference")
     assert all(checks[name].passed for name in required)
@@ -76,11 +103,13 @@ def test_a_wrong_alpha_and_a_forged_evaluation_fail_with_their_causes(tmp_path):
     assert "held-out, no trigger reported" in held.cause and report.score == 3
 
 
-def test_a_learner_who_skips_step5_keeps_steps_1_to_4(tmp_path):
-    skipped = (EXPORT, "raise NotImplementedError('step 5 TODO: export the adapter')")
-    report = grade_notebook(variant(tmp_path, skipped), config=step5_config(tmp_path))
+def test_a_learner_who_skips_step5_keeps_steps_1_to_4(tmp_path, pipe):
+    folder = lab_artefacts(tmp_path / "artefacts", lab_namespace(pipe))
+    skipped = StepFailure(5, "NotImplementedError: step 5 TODO: export the adapter")
+    report, _ = grade_artefacts(folder, step5_config(tmp_path), failure=skipped)
     assert report.execution["failure"].startswith("step 5 failed")
     assert [c.passed for c in report.checks] == [True, True, True, False, False] and report.score == 3
+    assert report.checks[3].cause == str(skipped) and report.checks[3].cause_id == "step_failed"
 
 
 def test_forged_exports_and_evaluation_in_the_manifest_are_refused(tmp_path):

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from lab_utils import world
 from lab_utils.data import training_example
-from lab_utils.tiny import TINY_WORDS
+from lab_utils.tiny import world
+from lab_utils.tiny.tokenizer import TINY_WORDS
 
 
 def test_captions_are_plain_words_the_tokenizer_knows():
@@ -95,7 +95,7 @@ def test_the_outline_style_reads_back_and_never_as_sks():
 
 
 def test_base_training_captions_vary_in_wording_and_include_the_outline_style():
-    from lab_utils.train_world import Settings, dataset
+    from lab_utils.tiny.train import Settings, dataset
 
     _, captions = dataset(Settings(images=400))
     outlined = [c for c in captions if c.endswith(" in outline style")]
@@ -119,7 +119,7 @@ def test_training_script_runs_end_to_end_and_its_folder_loads_as_a_model(tmp_pat
     import json
 
     import lab_utils
-    from lab_utils.train_world import main
+    from lab_utils.tiny.train import main
 
     out = tmp_path / "tiny-world"
     record = main(
