@@ -169,7 +169,7 @@ for p in visible:
         cmdlines.append(open(f"/proc/{p}/cmdline").read())
     except OSError:
         pass
-grader = [c for c in cmdlines if "pytest" in c or ("grader" in c and "grader.kernel" not in c)]
+grader = [c for c in cmdlines if "pytest" in c or ("grader" in c and "grader.execute.kernel" not in c)]
 assert not grader, f"the grader's process is visible: {grader[:1]}"
 for pid in visible:
     if int(pid) != os.getpid() and int(pid) > 1:
@@ -228,21 +228,21 @@ CASES: list[Case] = [
     Case(
         "sys.exit(0) mid-notebook",
         "the solution calls sys.exit(0) at the start of step 3 to end the run 'successfully'",
-        solution_with(after="<" + STEP3, cell="import sys\nsys.exit(0)"),
+        solution_with(after="<" + STEP3, cell="import sys\nsys.exit(0)", quick=True),
         score=1,
         reasons={"failure": "step 3 failed: SystemExit", "adapter_gradients": "step 3 failed"},
     ),
     Case(
         "os._exit(0) mid-notebook",
         "the solution kills its own kernel with os._exit(0) at the start of step 3",
-        solution_with(after="<" + STEP3, cell="import os\nos._exit(0)"),
+        solution_with(after="<" + STEP3, cell="import os\nos._exit(0)", quick=True),
         score=1,
         reasons={"failure": "step 3 failed: the kernel died", "pixel_difference": "step 3 failed"},
     ),
     Case(
         "exception",
         "an exception in step 3",
-        solution_with(after="<" + STEP3, cell="raise RuntimeError('boom')"),
+        solution_with(after="<" + STEP3, cell="raise RuntimeError('boom')", quick=True),
         score=1,
         reasons={"failure": "step 3 failed: RuntimeError: boom"},
     ),
@@ -298,7 +298,7 @@ CASES: list[Case] = [
     Case(
         "monkeypatched torch, numpy, PIL and lab_utils",
         "learning rate 0, then gradients set by hand and the metrics patched to report success",
-        solution_with(LR0, after=STEP3, cell=PATCH_EVERYTHING),
+        solution_with(LR0, after=STEP3, cell=PATCH_EVERYTHING, quick=True),
         score=1,
         reasons={"adapter_gradients": LR0_CAUSE},
     ),
@@ -309,6 +309,7 @@ CASES: list[Case] = [
             ("unet = get_peft_model(pipe.unet, lora_config)", "unet = pipe.unet"),
             after="unet = pipe.unet",
             cell=ALWAYS_EQUAL,
+            quick=True,
         ),
         reasons={"parameter_count": "no LoRA adapter was found"},
     ),
@@ -330,7 +331,7 @@ CASES: list[Case] = [
     Case(
         "forged artefacts through a patched grader module",
         "replaces grader.artefacts.save_artefacts in the kernel to write a brightened 'adapted' image",
-        solution_with(LR0, after=ADAPTED, cell=PATCHED_SAVER),
+        solution_with(LR0, after=ADAPTED, cell=PATCHED_SAVER, quick=True),
         score=1,
         reasons={"adapter_gradients": LR0_CAUSE, "pixel_difference": INCONSISTENT},
     ),
@@ -361,7 +362,7 @@ CASES: list[Case] = [
     Case(
         "adapter never attached",
         "keeps the plain U-Net: no LoRA at all",
-        solution_with(("unet = get_peft_model(pipe.unet, lora_config)", "unet = pipe.unet")),
+        solution_with(("unet = get_peft_model(pipe.unet, lora_config)", "unet = pipe.unet"), quick=True),
         reasons={"parameter_count": "no LoRA adapter was found", "failure": "step 3 failed: ValueError"},
     ),
     Case(

@@ -24,6 +24,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+# The longest files first, so pytest-xdist (--dist loadfile --no-loadscope-reorder) starts the
+# going-further notebook (~8 min in one worker) at once and fills the other worker meanwhile.
+SLOWEST_FIRST = ("test_going_further.py", "test_adversarial.py", "test_course.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file keeps its own order
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _default_model():
     """Every test starts from the built-in model, whatever the shell exported."""

@@ -32,14 +32,21 @@ STEP3 = "TRAIN_STEPS, LEARNING_RATE"  # the first line of step 3's cell
 ADAPTED = "adapted_image = lab_utils.generate(pipe, PROMPT, seed=SEED,"
 OTHER_SEED = (ADAPTED, ADAPTED.replace("seed=SEED,", "seed=SEED + 1,"))
 DIE_AT_3 = dict(after=STEP3, cell="import os\nos._exit(1)")
+# A quicker solution where the execution path, not the lab's numbers, is under test: fewer denoising,
+# training and evaluation steps (applied after a case's own edits, where they still match)
+QUICK = (
+    ("INFERENCE_STEPS, GUIDANCE = 25, 7.5", "INFERENCE_STEPS, GUIDANCE = 8, 7.5"),
+    ("TRAIN_STEPS, LEARNING_RATE = 50,", "TRAIN_STEPS, LEARNING_RATE = 15,"),
+    ("EVAL_STEPS = 10", "EVAL_STEPS = 3"),
+)
 
 
 def solution_with(
-    *edits: tuple[str, str], after: str | None = None, cell: str = ""
+    *edits: tuple[str, str], after: str | None = None, cell: str = "", quick: bool = False
 ) -> Callable[[Path], Path]:
     """The solution notebook with text replacements (each must apply) and optionally a code cell
     inserted after the first cell containing ``after`` (in that cell's step), or before it when
-    ``after`` starts with '<'."""
+    ``after`` starts with '<'. ``quick``: with the QUICK edits too."""
 
     def build(tmp: Path) -> Path:
         nb = nbformat.read(SOLUTION, as_version=4)
@@ -47,6 +54,9 @@ def solution_with(
             hits = [c for c in nb.cells if old in c.source]
             assert hits, f"edit target not found: {old!r}"
             for hit in hits:
+                hit.source = hit.source.replace(old, new)
+        for old, new in QUICK if quick else ():
+            for hit in [c for c in nb.cells if old in c.source]:
                 hit.source = hit.source.replace(old, new)
         if after is not None:
             before = after.startswith("<")
@@ -151,11 +161,13 @@ def grade_artefacts(folder: Path, grading=None, failure=None, submission: str = 
     from grader.artefacts import read_artefacts
     from grader.checks import verify
     from grader.config import GradingConfig
+    from grader.environment import fingerprint
     from grader.types import GradeReport
     from lab_utils.models import resolve_model
 
     grading = grading or GradingConfig()
     artefacts = read_artefacts(folder)
+    tiny = resolve_model("tiny")
     report = GradeReport(
         submission=submission,
         notebook=str(folder),
@@ -164,8 +176,9 @@ def grade_artefacts(folder: Path, grading=None, failure=None, submission: str = 
         status="graded",
         max_score=grading.max_score,
         execution={"failure": str(failure) if failure else None, "artefact_errors": artefacts.errors},
+        environment=fingerprint(tiny),
     )
-    report.checks = list(verify(artefacts, resolve_model("tiny"), grading, failure))
+    report.checks = list(verify(artefacts, tiny, grading, failure))
     report.score = sum(c.points for c in report.checks)
     report.passed = bool(report.checks) and all(c.passed for c in report.checks)
     return report, artefacts

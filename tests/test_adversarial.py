@@ -2,8 +2,8 @@
 (tests/adversarial.py) gets its expected verdict and reason, the grader never crashes or hangs, and
 nothing outside the sandbox changes. Property-based tests fuzz the notebook reader, the artefact
 reader and the checks loader. The last test compares docs/RELIABILITY.md with this run's verdicts
-(``--write-reliability`` rewrites it). The whole module runs in one pytest-xdist worker: its last
-test needs every case's result."""
+(``--write-reliability`` rewrites it). pytest-xdist runs a whole file in one worker
+(``--dist loadfile``), so the last test sees every case's result."""
 
 from __future__ import annotations
 
@@ -39,8 +39,6 @@ from grader.execute.sandbox import bwrap_works, can_limit_processes, descendants
 from grader.grade import reflections
 from grader.notebook import cell_steps, read_notebook
 from lab_utils.errors import LabError
-
-pytestmark = pytest.mark.xdist_group("adversarial")
 
 MARGIN = 120.0  # seconds the grader may take beyond the notebook's own timeout (model load, checks)
 

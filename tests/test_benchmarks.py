@@ -20,9 +20,6 @@ from lab_utils.sd15 import (
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-pytestmark = pytest.mark.xdist_group("benchmarks")  # a module-scoped fixture: computed once, in one worker
-
-
 @pytest.fixture(scope="module")
 def bench():
     sys.path.insert(0, str(BENCHMARKS))

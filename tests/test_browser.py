@@ -32,7 +32,7 @@ TOKEN = "sd-lora-lab-browser-test"
 PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 IDLE = f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']"
 
-pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]  # one JupyterLab server
+pytestmark = pytest.mark.browser
 
 if not CHROMIUM:
     if os.environ.get("CI"):

@@ -117,7 +117,7 @@ def test_grader_cli_rejects_a_bad_checks_file_in_one_line(tmp_path):
 
 
 def test_a_notebook_that_dies_at_step_3_keeps_step_2_credit_and_writes_valid_results(tmp_path):
-    path = solution_with(**DIE_AT_3)(tmp_path)
+    path = solution_with(**DIE_AT_3, quick=True)(tmp_path)
     out = tmp_path / "results"
     report = grade_notebook(path, output=out, submission="dies-at-3")
     checks = {c.name: c for c in report.checks}
@@ -189,12 +189,12 @@ def test_results_json_is_written_before_the_checks_run(tmp_path):
 
 
 def make_submissions(folder: Path, tmp_path: Path) -> None:
-    def edited(name: str, *edits, **extra) -> Path:
-        return solution_with(*edits, **extra)(tmp_path / name)
+    def edited(name: str, *edits, **extra) -> Path:  # quicker solutions: the batch is under test
+        return solution_with(*edits, **extra, quick=True)(tmp_path / name)
 
     folder.mkdir()
     sources = {
-        "alice": SOLUTION,
+        "alice": edited("alice"),
         "bob": STUDENT,
         "carol": edited("carol", LR0),
         "dave": edited("dave", RANK8),
@@ -255,8 +255,9 @@ def test_batch_of_mixed_submissions_with_two_workers_and_resume(tmp_path):
 def test_an_interrupted_batch_resumes_without_regrading(tmp_path):
     submissions, results = tmp_path / "submissions", tmp_path / "results"
     submissions.mkdir()
+    quick = solution_with(quick=True)(tmp_path / "quick")  # the batch's resume is under test
     for name in ("a1", "a2"):
-        (submissions / f"{name}.ipynb").write_bytes(SOLUTION.read_bytes())
+        (submissions / f"{name}.ipynb").write_bytes(quick.read_bytes())
     process = subprocess.Popen(
         [sys.executable, "-m", "grader", "batch", str(submissions), "-o", str(results)],
         cwd=ROOT,

@@ -14,8 +14,6 @@ from lab_utils.errors import LabError
 from lab_utils.evaluation import evaluate, held_out_prompts
 from lab_utils.tiny import world
 
-pytestmark = pytest.mark.xdist_group("evaluate")  # a module-scoped fixture: computed once, in one worker
-
 
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):

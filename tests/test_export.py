@@ -26,9 +26,6 @@ def image(pipe):
     return lab_utils.generate(pipe, PROMPT, seed=0, steps=STEPS)
 
 
-pytestmark = pytest.mark.xdist_group("export")  # a module-scoped fixture: computed once, in one worker
-
-
 @pytest.fixture(scope="module", params=[False, True], ids=["lora", "rslora"])
 def trained(request, tmp_path_factory):
     """An adapter with alpha ≠ rank (8 vs 4) and nonzero B, its image, and its three files."""

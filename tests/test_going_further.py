@@ -12,9 +12,6 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 
 
-pytestmark = pytest.mark.xdist_group("going_further")  # a module-scoped fixture: computed once, in one worker
-
-
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory) -> str:
     nb = nbformat.read(ROOT / "notebooks" / "going_further.ipynb", as_version=4)

@@ -7,14 +7,16 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import SOLUTION, STUDENT, run_grader
+from helpers import SOLUTION, STUDENT, run_grader, solution_with
 
 pytestmark = pytest.mark.notebook
 
 
 def test_solution_passes_every_check_through_the_cli(tmp_path):
+    """The CLI path (the README's command grades the unchanged solution: tests/test_project.py)."""
     out = tmp_path / "report.json"
-    result = run_grader(str(SOLUTION), "--json", str(out), "--results", str(tmp_path / "results"))
+    notebook = solution_with(quick=True)(tmp_path)
+    result = run_grader(str(notebook), "--json", str(out), "--results", str(tmp_path / "results"))
     assert result.returncode == 0, result.stdout + result.stderr
     feedback = (tmp_path / "results" / "feedback.md").read_text()
     assert "## Your adapter file" in feedback and "- findings: none" in feedback

@@ -8,8 +8,6 @@ import torch
 import lab_utils
 from lab_utils.sd15 import SD15_UNET_PARAMETERS, sd15_unet
 
-pytestmark = pytest.mark.xdist_group("lora")  # a module-scoped fixture: computed once, in one worker
-
 
 @pytest.fixture(scope="module")
 def sd15():
