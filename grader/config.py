@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -223,8 +223,6 @@ class GradingConfig:
 
     def with_command_line(self, timeout: float | None, cell_timeout: float | None, sandbox: str | None):
         """``--timeout``, ``--cell-timeout`` and ``--sandbox`` over this config, validated the same way."""
-        from dataclasses import replace
-
         timeouts, limits = self.timeouts, self.limits
         for flag, key, value in (("--timeout", "total", timeout), ("--cell-timeout", "cell", cell_timeout)):
             if value is not None:
