@@ -98,7 +98,7 @@ def kernel_environment(model: ModelSpec) -> dict[str, str]:
     from huggingface_hub import constants
 
     return {
-        MODEL_ENV: model.source if model.kind in ("folder", "single_file") else model.name,
+        MODEL_ENV: model.source,
         "MPLBACKEND": os.environ.get("MPLBACKEND", "module://matplotlib_inline.backend_inline"),
         "HF_HOME": str(constants.HF_HOME),
         "HF_HUB_CACHE": str(constants.HF_HUB_CACHE),
