@@ -121,6 +121,7 @@ def lab_namespace(
     lr: float = 3e-3,
     adapted_seed: int = 0,
     adapted_before_training: bool = False,
+    **lora_config,
 ) -> dict:
     """The variables the lab notebook leaves behind (``baseline_image``, ``unet``, ``adapted_image``
     …), made in this process with the notebook's own calls on ``pipe`` (its U-Net is wrapped in place)."""
@@ -132,7 +133,8 @@ def lab_namespace(
     prompt = lab_utils.TRAIN_PROMPT
     baseline = lab_utils.generate(pipe, prompt, seed=0, **LAB_STEPS)
     torch.manual_seed(0)
-    unet = get_peft_model(pipe.unet, LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets))
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, **lora_config)
+    unet = get_peft_model(pipe.unet, config)
     early = (
         lab_utils.generate(pipe, prompt, seed=adapted_seed, **LAB_STEPS) if adapted_before_training else None
     )

@@ -108,6 +108,18 @@ def test_checks_file_sets_points_visibility_and_thresholds(tmp_path):
     assert config.max_score == 4.5
 
 
+def test_the_required_lora_config_is_enforced_whole_rslora_too(tmp_path, pipe):
+    """Hand-built artefacts: an rsLoRA adapter where the course's checks file asks for plain LoRA."""
+    folder = lab_artefacts(tmp_path / "artefacts", lab_namespace(pipe, use_rslora=True))
+    report, _ = grade_artefacts(folder, load_config(write(tmp_path, "[lora]\nuse_rslora = false\n")))
+    count = report.checks[0]
+    assert not count.passed and count.cause_id == "wrong_rslora" and count.measured == "43,008"
+    assert count.cause.startswith("use_rslora=True instead of False: the update is scaled by alpha/√rank")
+    assert [c.passed for c in report.checks[1:]] == [True, True]
+    unset, _ = grade_artefacts(folder)  # the default config does not look at use_rslora
+    assert unset.checks[0].passed
+
+
 def test_grader_cli_rejects_a_bad_checks_file_in_one_line(tmp_path):
     result = batch(str(SOLUTION), "--checks", str(write(tmp_path, "[lora]\nrank = 0")))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "rank must be ≥ 1" in result.stderr
