@@ -140,7 +140,7 @@ def lab_namespace(
     )
     image, train_prompt = lab_utils.training_example(lab_utils.native_size(pipe))
     lab_utils.train_lora(pipe, unet, image, train_prompt, steps=train_steps, lr=lr)
-    adapted = early or lab_utils.generate(pipe, prompt, seed=adapted_seed, **LAB_STEPS)
+    adapted = early if early is not None else lab_utils.generate(pipe, prompt, seed=adapted_seed, **LAB_STEPS)
     return {
         "pipe": pipe,
         "unet": unet,
