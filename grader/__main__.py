@@ -4,6 +4,7 @@ python -m grader NOTEBOOK [--model M] [--checks FILE] [--results DIR] [--json FI
 python -m grader release SOURCE.ipynb -o DIR
 python -m grader batch SUBMISSIONS/ -o RESULTS/ [--workers N] [--gpus 0,1]
 python -m grader gradebook RESULTS/
+python -m grader gradescope -o autograder.zip [--checks FILE] [--model M] [--timeout S]
 python -m grader verify ARTEFACTS/ [--visible-only]    (the self-check's clean process)
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from lab_utils.errors import LabError
 from lab_utils.models import model_from_env, resolve_model
 
-COMMANDS = ("release", "batch", "gradebook", "verify")
+COMMANDS = ("release", "batch", "gradebook", "gradescope", "verify")
 
 
 def _common(parser: argparse.ArgumentParser, grading: bool = True) -> None:
@@ -95,6 +96,34 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     gradebook.add_argument("results", type=Path)
     _common(gradebook, grading=False)
 
+    gradescope = argparse.ArgumentParser(
+        prog="python -m grader gradescope",
+        description="Write Gradescope's autograder zip (setup.sh, run_autograder, the grader with its "
+        "built-in model): upload it as the assignment's autograder.",
+    )
+    gradescope.add_argument("-o", "--output", type=Path, required=True, help="the zip to write")
+    gradescope.add_argument(
+        "--model",
+        default="tiny",
+        help="'tiny' (the built-in model, default) or a local diffusers folder, copied into the zip",
+    )
+    gradescope.add_argument(
+        "--checks", type=Path, default=None, help="checks file (TOML); default: the seed lab's"
+    )
+    gradescope.add_argument(
+        "--timeout",
+        type=float,
+        default=600,
+        help="the autograder timeout set in Gradescope, in seconds (default 600, Gradescope's; at most 2400)",
+    )
+    gradescope.add_argument(
+        "--memory-gb",
+        type=float,
+        default=0.75,
+        help="the memory of the Gradescope machine chosen in its settings (default 0.75, Gradescope's)",
+    )
+    _common(gradescope, grading=False)
+
     verify = argparse.ArgumentParser(
         prog="python -m grader verify",
         description="Run the checks on a saved artefact folder (no execution).",
@@ -105,7 +134,14 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     )
     verify.add_argument("--json", type=Path, default=None, metavar="FILE")
     _common(verify)
-    return {"grade": grade, "release": release, "batch": batch, "gradebook": gradebook, "verify": verify}
+    return {
+        "grade": grade,
+        "release": release,
+        "batch": batch,
+        "gradebook": gradebook,
+        "gradescope": gradescope,
+        "verify": verify,
+    }
 
 
 def _config(args: argparse.Namespace):
@@ -130,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             "release": _release,
             "batch": _batch,
             "gradebook": _gradebook,
+            "gradescope": _gradescope,
             "verify": _verify,
         }[command](args)
     except LabError as error:
@@ -148,9 +185,16 @@ def _grade(args: argparse.Namespace) -> int:
     from grader.outputs.console import print_report
 
     config = _config(args)
-    report = grade_notebook(
-        args.notebook, _model(args), config, output=args.results, submission=args.submission
-    )
+    try:
+        report = grade_notebook(
+            args.notebook, _model(args), config, output=args.results, submission=args.submission
+        )
+    except LabError as error:  # a corrupt notebook, a bad model: the learner still gets a results.json
+        if args.results is not None:
+            from grader.outputs.gradescope import error_results
+
+            write_json(args.results / "results.json", error_results(str(error), max_score=config.max_score))
+        raise
     print_report(report)
     if args.json is not None:
         write_json(args.json, report.to_dict())
@@ -182,6 +226,14 @@ def _gradebook(args: argparse.Namespace) -> int:
     from grader.outputs.gradebook import write_gradebook
 
     print_summary(write_gradebook(args.results), args.results)
+    return 0
+
+
+def _gradescope(args: argparse.Namespace) -> int:
+    from grader.platforms.gradescope import build_autograder
+
+    path = build_autograder(args.output, args.model, args.checks, args.timeout, args.memory_gb)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB): upload it in Gradescope as the autograder")
     return 0
 
 

@@ -42,7 +42,7 @@ from lab_utils.errors import LabError
 from lab_utils.targets import TARGET_PRESETS
 
 SANDBOX_MODES = ("auto", "bwrap", "basic", "none")
-VISIBILITIES = ("visible", "hidden")
+VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")  # Gradescope's
 
 
 def _fraction(value: Any) -> str | None:
@@ -148,7 +148,10 @@ class Limits:
 CHECK_KEYS = {
     "points": Option((int, float), None, "points the check is worth", at_least(0)),
     "visibility": Option(
-        str, None, "visible | hidden (feedback shows pass/fail only)", one_of(VISIBILITIES, True)
+        str,
+        None,
+        "visible | hidden (pass/fail only) | after_due_date | after_published (Gradescope shows it then)",
+        one_of(VISIBILITIES, True),
     ),
     "step": Option(int, None, "the notebook step that earns it", at_least(1)),
 }

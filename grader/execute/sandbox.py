@@ -280,7 +280,7 @@ def _kill_cgroup(group: Path) -> None:
         time.sleep(0.01)
 
 
-def _own_cgroup_paths() -> dict[str, str]:
+def own_cgroup_paths() -> dict[str, str]:
     """controller → this process's cgroup path (``""`` key for cgroup v2)."""
     paths: dict[str, str] = {}
     try:
@@ -299,7 +299,7 @@ def _make_cgroups(limits: Limits) -> list[Path]:
     """A control group of the run's own for each of pids and memory, where the filesystem lets us."""
     if not CGROUP_ROOT.is_dir():
         return []
-    own = _own_cgroup_paths()
+    own = own_cgroup_paths()
     name = f"sd-lora-lab-{uuid.uuid4().hex[:12]}"
     memory = str(int(limits.memory_gb * 2**30))
     made: list[Path] = []

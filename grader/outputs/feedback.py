@@ -9,12 +9,19 @@ from grader.files import write_text
 from grader.types import GradeReport
 from lab_utils.display import difference_heatmap
 
+LATER = {
+    "hidden": "hidden",
+    "after_due_date": "shown after the due date",
+    "after_published": "shown when published",
+}
+
 
 def write_feedback(report: GradeReport, artefacts: Artefacts, output: Path) -> Path:
     """Write ``feedback.md`` and the learner's images (baseline, adapted, difference) into ``output``.
 
-    Visible checks show measured vs expected and, when failed, the cause and fix; hidden checks show
-    only pass/fail. The learner's reflection answers are collected at the end for the instructor.
+    Visible checks show measured vs expected and, when failed, the cause and fix; every other check
+    (hidden, or one Gradescope shows only after the due date or when published) only pass/fail.
+    The learner's reflection answers are collected at the end for the instructor.
     """
     lines = [
         f"# Feedback — {report.submission}",
@@ -29,16 +36,17 @@ def write_feedback(report: GradeReport, artefacts: Artefacts, output: Path) -> P
     lines += ["| check | result | measured | expected | points |", "|---|---|---|---|---|"]
     for check in report.checks:
         verdict = "✅ pass" if check.passed else "❌ fail"
-        if check.visibility == "hidden":
+        if check.visibility != "visible":  # hidden, or shown on Gradescope only after a date
             lines.append(
-                f"| {check.title} (hidden) | {verdict} | — | — | {check.points:g}/{check.max_points:g} |"
+                f"| {check.title} ({LATER.get(check.visibility, 'hidden')}) | {verdict} | — | — "
+                f"| {check.points:g}/{check.max_points:g} |"
             )
         else:
             lines.append(
                 f"| {check.title} | {verdict} | {check.measured} | {check.expected} "
                 f"| {check.points:g}/{check.max_points:g} |"
             )
-    fixes = [c for c in report.checks if not c.passed and c.cause and c.visibility != "hidden"]
+    fixes = [c for c in report.checks if not c.passed and c.cause and c.visibility == "visible"]
     if fixes:
         lines += ["", "## What to fix", ""] + [f"- **{c.title}**: {c.cause}" for c in fixes]
 
