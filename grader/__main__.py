@@ -65,6 +65,7 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     grade.add_argument(
         "--submission", default=None, help="the submission's name in reports (default: file stem)"
     )
+    grade.add_argument("--student", default=None, help="the student's id, for course gradebooks")
 
     release = argparse.ArgumentParser(
         prog="python -m grader release",
@@ -87,6 +88,20 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     )
     batch.add_argument("--workers", type=int, default=1, help="submissions graded at once (default 1)")
     batch.add_argument("--gpus", default=None, help="GPU ids to spread workers over, e.g. 0,1")
+    batch.add_argument(
+        "--nbgrader-assignment",
+        default=None,
+        metavar="NAME",
+        help="SUBMISSIONS is an nbgrader course's submitted/ folder: grade <student>/NAME/*.ipynb, "
+        "keyed by student id",
+    )
+    batch.add_argument(
+        "--nbgrader-db",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the check scores into this nbgrader gradebook.db (with --nbgrader-assignment)",
+    )
     _common(batch)
 
     gradebook = argparse.ArgumentParser(
@@ -187,7 +202,12 @@ def _grade(args: argparse.Namespace) -> int:
     config = _config(args)
     try:
         report = grade_notebook(
-            args.notebook, _model(args), config, output=args.results, submission=args.submission
+            args.notebook,
+            _model(args),
+            config,
+            output=args.results,
+            submission=args.submission,
+            student=args.student,
         )
     except LabError as error:  # a corrupt notebook, a bad model: the learner still gets a results.json
         if args.results is not None:
@@ -214,10 +234,22 @@ def _batch(args: argparse.Namespace) -> int:
     from grader.outputs.console import print_summary
 
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+    if args.nbgrader_db is not None and args.nbgrader_assignment is None:
+        raise LabError("--nbgrader-db needs --nbgrader-assignment NAME (the assignment to write scores for)")
+    submissions = args.submissions
+    if args.nbgrader_assignment is not None:
+        from grader.platforms.nbgrader import exchange_submissions
+
+        submissions = exchange_submissions(args.submissions, args.nbgrader_assignment)
     summary = run_batch(
-        args.submissions, args.output, _model(args), _config(args), args.checks, args.workers, gpus
+        submissions, args.output, _model(args), _config(args), args.checks, args.workers, gpus
     )
     print_summary(summary, args.output)
+    if args.nbgrader_db is not None:
+        from grader.platforms.nbgrader import write_scores
+
+        written = write_scores(args.output, args.nbgrader_db, args.nbgrader_assignment)
+        print(f"wrote {written} grades into {args.nbgrader_db} (assignment {args.nbgrader_assignment})")
     return 0
 
 

@@ -73,6 +73,7 @@ class _Children:
 class Submission:
     id: str  # folder name under RESULTS/
     path: Path
+    student: str | None = None  # the student id, where the layout names one (nbgrader's exchange)
 
 
 def find_submissions(folder: Path) -> list[Submission]:
@@ -130,6 +131,8 @@ def _grade_one(
     command += ["--cell-timeout", str(config.timeouts.cell), "--sandbox", config.limits.sandbox]
     if checks is not None:
         command += ["--checks", str(checks)]
+    if submission.student is not None:
+        command += ["--student", submission.student]
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
@@ -183,6 +186,7 @@ def _failed_report(
         max_score=config.max_score,
         execution={"failure": reason},
         seconds=round(time.monotonic() - start, 2),
+        student=submission.student,
     )
     write_json(out / "report.json", report.to_dict())
 
@@ -192,7 +196,7 @@ def _interrupted(signum, frame) -> None:
 
 
 def run_batch(
-    submissions: Path,
+    submissions: Path | list[Submission],
     results: Path,
     model: ModelSpec,
     config: GradingConfig,
@@ -205,7 +209,7 @@ def run_batch(
     if workers < 1:
         raise LabError(f"--workers must be ≥ 1 (got {workers})")
     console = console or Console(stderr=True)
-    every = find_submissions(submissions)
+    every = submissions if isinstance(submissions, list) else find_submissions(submissions)
     todo = [s for s in every if not already_graded(s, results, config, model)]
     skipped = len(every) - len(todo)
     if skipped:

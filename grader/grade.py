@@ -45,6 +45,7 @@ def grade_notebook(
     config: GradingConfig | None = None,
     output: Path | None = None,
     submission: str | None = None,
+    student: str | None = None,
 ) -> GradeReport:
     """Execute ``notebook`` with ``model`` and run every check; write results into ``output``.
 
@@ -67,6 +68,7 @@ def grade_notebook(
         max_score=config.max_score,
         environment=fingerprint(spec),
         reflections=reflections(nb),
+        student=student,
     )
 
     def save() -> None:

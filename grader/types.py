@@ -123,6 +123,7 @@ class GradeReport:
     environment: dict = field(default_factory=dict)
     reflections: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    student: str | None = None  # the student id, where a course platform gave one (nbgrader's exchange)
 
     def to_dict(self) -> dict:
         return asdict(self)

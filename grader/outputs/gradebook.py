@@ -46,18 +46,20 @@ def _cause(check: dict) -> str | None:
 
 
 def write_gradebook(results: Path) -> dict:
-    """Write ``gradebook.csv`` (submission, per-check scores, total, status, duration, failure) and
-    ``summary.json``; return the summary."""
+    """Write ``gradebook.csv`` (submission, the student id where the layout gave one, per-check
+    scores, total, status, duration, failure) and ``summary.json``; return the summary."""
     if not results.is_dir():
         raise LabError(f"results folder '{results}' does not exist")
     reports = read_reports(results)
     graded = {c.get("name") for r in reports for c in r.get("checks", []) if isinstance(c, dict)}
     columns = [c for c in CHECKS.values() if not c.optional or c.name in graded]  # step 5 when turned on
+    students = any(r.get("student") for r in reports)  # a course platform's layout: a student column
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(
         [
             "submission",
+            *(["student"] if students else []),
             *(c.gradebook_column for c in columns),
             "total",
             "max_total",
@@ -76,6 +78,7 @@ def write_gradebook(results: Path) -> dict:
         writer.writerow(
             [
                 report.get("submission"),
+                *([report.get("student") or ""] if students else []),
                 *(scores.get(c.name, 0.0) for c in columns),
                 report.get("score", 0.0),
                 report.get("max_score", 0.0),
