@@ -10,7 +10,8 @@ The pipeline, one stage per module or package, each importing only the stages be
 - ``checks/`` — one module per check, each declared once, run by ``verify``;
 - ``outputs/`` — the console table, Gradescope's results.json, the feedback, the gradebook;
 - ``grade`` — one submission through the stages; ``batch`` — many, as separate processes;
-  ``release`` — student and solution notebooks from one source; ``selfcheck`` — ``grader.check()``.
+  ``release`` — student and solution notebooks from one source; ``selfcheck`` — ``grader.check()``;
+- ``platforms/`` — Gradescope's autograder zip and its run, nbgrader's exchange layout and gradebook.
 
 Names are imported on first use, so the sandbox launcher, the kernel entry point and the light
 commands (``gradebook``, ``release``) start without importing torch.

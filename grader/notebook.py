@@ -3,14 +3,13 @@ that is not a notebook), the lab step of every cell, and atomic writing."""
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import nbformat
 
 from lab_utils.errors import LabError
+from lab_utils.files import atomic_path
 
 
 def read_notebook(path: Path) -> nbformat.NotebookNode:
@@ -53,10 +52,5 @@ def cell_steps(nb: nbformat.NotebookNode) -> list[int | None]:
 
 def write_notebook(nb: nbformat.NotebookNode, path: Path) -> None:
     """nbformat.write to a temporary file, then rename: readers never see half a notebook."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         nbformat.write(nb, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nbformat
@@ -23,6 +24,16 @@ def test_committed_notebooks_match_a_fresh_release(tmp_path):
             f"notebooks/{name} drifted from the source: run "
             "`python -m grader release notebooks/source/sd_lora_lab.ipynb -o notebooks`"
         )
+
+
+def test_released_notebooks_are_readable_by_the_class(tmp_path):
+    """Atomic writes go through mkstemp (0600): the released files get open()'s permissions instead."""
+    umask = os.umask(0o022)
+    try:
+        for path in release_notebook(SOURCE, tmp_path):
+            assert path.stat().st_mode & 0o777 == 0o644, oct(path.stat().st_mode)
+    finally:
+        os.umask(umask)
 
 
 def test_student_has_stubs_and_no_solutions_solution_has_no_markers():

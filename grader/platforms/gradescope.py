@@ -28,7 +28,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import traceback
 import zipfile
 from dataclasses import replace
@@ -37,6 +36,7 @@ from pathlib import Path
 from grader.files import write_json
 from grader.outputs.gradescope import error_results, summary_output
 from lab_utils.errors import LabError
+from lab_utils.files import atomic_path
 from lab_utils.models import resolve_model
 
 PACKAGES = ("grader", "lab_utils")
@@ -190,28 +190,20 @@ def build_autograder(
         "max_score": config.max_score,
         "torch": torch,
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w") as archive:
-            _add(archive, "setup.sh", setup_script(torch).encode(), executable=True)
-            _add(archive, "run_autograder", run_script(settings["limit_s"]).encode(), executable=True)
-            _add(archive, "settings.json", (json.dumps(settings, indent=2) + "\n").encode())
-            _add(archive, "requirements.txt", ("\n".join(requirements) + "\n").encode())
-            if checks:
-                _add(archive, "checks.toml", checks.read_bytes())
-            for path, name in _package_files():
-                _add(archive, name, path.read_bytes())
-            if spec.kind == "folder":
-                folder = Path(spec.source)
-                for path in sorted(folder.rglob("*")):
-                    if path.is_file():
-                        _add(archive, f"model/{path.relative_to(folder).as_posix()}", path.read_bytes())
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(output) as tmp, zipfile.ZipFile(tmp, "w") as archive:
+        _add(archive, "setup.sh", setup_script(torch).encode(), executable=True)
+        _add(archive, "run_autograder", run_script(settings["limit_s"]).encode(), executable=True)
+        _add(archive, "settings.json", (json.dumps(settings, indent=2) + "\n").encode())
+        _add(archive, "requirements.txt", ("\n".join(requirements) + "\n").encode())
+        if checks:
+            _add(archive, "checks.toml", checks.read_bytes())
+        for path, name in _package_files():
+            _add(archive, name, path.read_bytes())
+        if spec.kind == "folder":
+            folder = Path(spec.source)
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    _add(archive, f"model/{path.relative_to(folder).as_posix()}", path.read_bytes())
     return output
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ from lab_utils.adapters.schemes import (
     peft_module,
 )
 from lab_utils.errors import LabError
+from lab_utils.files import atomic_path
 from lab_utils.lora import save_adapter
 
 
@@ -106,15 +106,8 @@ def export_adapter(
     }
     if path.suffix != ".safetensors":
         raise LabError(f"'{path}': a kohya adapter is one .safetensors file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=".lora-", suffix=".safetensors", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 
