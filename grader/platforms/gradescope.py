@@ -22,6 +22,7 @@ scripts in a temporary root), the Python ``$SD_LORA_LAB_PYTHON`` (default: the v
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.metadata
 import json
 import os
@@ -75,7 +76,7 @@ def pinned_requirements() -> tuple[str, list[str]]:
 def _package_files() -> list[tuple[Path, str]]:
     files = []
     for package in PACKAGES:
-        root = Path(__import__(package).__file__).parent
+        root = Path(importlib.import_module(package).__path__[0])
         for path in sorted(root.rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
                 files.append((path, f"{package}/{path.relative_to(root).as_posix()}"))
@@ -178,9 +179,10 @@ def build_autograder(
     if output.suffix != ".zip":
         raise LabError(f"-o '{output}': the autograder must be a .zip file")
     torch, requirements = pinned_requirements()
+    limit_s = timeout - FINISH_S
     settings = {
         "timeout_s": timeout,
-        "limit_s": timeout - FINISH_S,
+        "limit_s": limit_s,
         "notebook_timeout_s": timeout - FINISH_S - GRADER_S,
         "memory_gb": memory_gb,
         "kernel_memory_gb": round(min(config.limits.memory_gb, memory_gb - GRADER_GB), 2),
@@ -192,7 +194,7 @@ def build_autograder(
     }
     with atomic_path(output) as tmp, zipfile.ZipFile(tmp, "w") as archive:
         _add(archive, "setup.sh", setup_script(torch).encode(), executable=True)
-        _add(archive, "run_autograder", run_script(settings["limit_s"]).encode(), executable=True)
+        _add(archive, "run_autograder", run_script(limit_s).encode(), executable=True)
         _add(archive, "settings.json", (json.dumps(settings, indent=2) + "\n").encode())
         _add(archive, "requirements.txt", ("\n".join(requirements) + "\n").encode())
         if checks:
