@@ -19,7 +19,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 
 from grader.artefacts import save_cell_source
 from grader.config import GradingConfig
-from grader.execute.sandbox import Sandbox, allow_writes, memory_exhausted, prepare
+from grader.execute.sandbox import Sandbox, allow_writes, descendants, memory_exhausted, prepare
 from grader.notebook import cell_steps
 from grader.types import StepFailure
 from lab_utils.models import MODEL_ENV, ModelSpec
@@ -171,6 +171,7 @@ def execute_notebook(
                 client.setup_kernel(env=env, stdout=log, stderr=log, cleanup_kc=True),
             ):
                 execution.isolation = sandbox.isolation_notes()  # written before any learner code
+                kernel_processes = descendants(os.getpid())  # the kernel as started, no learner code yet
                 kernel_alive = True
                 for index, cell in enumerate(list(nb.cells)):
                     if cell.cell_type != "code" or SKIP_TAG in cell.metadata.get("tags", []):
@@ -200,6 +201,8 @@ def execute_notebook(
                         break
                     except CellExecutionError as error:
                         execution.failure = StepFailure(step, _error_line(error))
+                        if sandbox.kill_strays(kernel_processes):  # before the artefact cell runs
+                            execution.notes.append("processes the notebook left running were killed")
                         break
                 if execution.failure is None and current_step is not None:
                     completed_through = current_step
