@@ -95,8 +95,10 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq bubblewrap ca-certificates
 PY=""
-for candidate in python3.13 python3.12 python3.11; do
-  if command -v "$candidate" >/dev/null; then PY="$candidate"; break; fi
+for candidate in python3.13 python3.12 python3.11; do  # one that runs (a shim may not) and is >= 3.11
+  if "$candidate" -c 'import sys, venv; assert sys.version_info >= (3, 11)' >/dev/null 2>&1; then
+    PY="$candidate"; break
+  fi
 done
 if [ -z "$PY" ]; then  # Ubuntu 22.04 ships 3.10: take 3.11 from the archive, else deadsnakes
   apt-get install -y -qq python3.11 python3.11-venv || {{
