@@ -2,7 +2,7 @@
 
 python -m grader NOTEBOOK [--model M] [--checks FILE] [--results DIR] [--json FILE] ...
 python -m grader release SOURCE.ipynb -o DIR
-python -m grader batch SUBMISSIONS/ -o RESULTS/ [--workers N] [--gpus 0,1]
+python -m grader batch SUBMISSIONS/ -o RESULTS/ [--workers N] [--gpus 0,1] [--slurm ...]
 python -m grader gradebook RESULTS/
 python -m grader gradescope -o autograder.zip [--checks FILE] [--model M] [--timeout S]
 python -m grader verify ARTEFACTS/ [--visible-only]    (the self-check's clean process)
@@ -88,6 +88,34 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     )
     batch.add_argument("--workers", type=int, default=1, help="submissions graded at once (default 1)")
     batch.add_argument("--gpus", default=None, help="GPU ids to spread workers over, e.g. 0,1")
+    slurm = batch.add_argument_group("Slurm: one job array, one task per submission")
+    slurm.add_argument(
+        "--slurm", action="store_true", help="grade on a Slurm cluster (sbatch from this machine)"
+    )
+    slurm.add_argument("--partition", default=None, help="the partition to submit to")
+    slurm.add_argument("--gpus-per-task", type=int, default=None, metavar="N")
+    slurm.add_argument("--cpus-per-task", type=int, default=1, metavar="N", help="(default 1)")
+    slurm.add_argument(
+        "--mem", type=float, default=8.0, metavar="G", help="GB of memory per task (default 8)"
+    )
+    slurm.add_argument(
+        "--time",
+        type=int,
+        default=None,
+        metavar="MIN",
+        help="minutes per task (default: the notebook timeout + 6)",
+    )
+    slurm.add_argument("--max-parallel", type=int, default=None, metavar="K", help="tasks running at once")
+    slurm.add_argument(
+        "--sbatch-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an extra #SBATCH line, e.g. --qos=class",
+    )
+    slurm.add_argument(
+        "--no-wait", action="store_true", help="submit and return (merge with `gradebook` later)"
+    )
     batch.add_argument(
         "--nbgrader-assignment",
         default=None,
@@ -241,9 +269,38 @@ def _batch(args: argparse.Namespace) -> int:
         from grader.platforms.nbgrader import exchange_submissions
 
         submissions = exchange_submissions(args.submissions, args.nbgrader_assignment)
-    summary = run_batch(
-        submissions, args.output, _model(args), _config(args), args.checks, args.workers, gpus
-    )
+    if args.slurm:
+        from grader.batch import find_submissions
+        from grader.platforms.slurm import SlurmOptions, run_slurm
+
+        for flag, value in (
+            ("--cpus-per-task", args.cpus_per_task),
+            ("--max-parallel", args.max_parallel),
+            ("--gpus-per-task", args.gpus_per_task),
+            ("--time", args.time),
+            ("--mem", args.mem),
+        ):
+            if value is not None and value <= 0:
+                raise LabError(f"{flag} must be positive (got {value:g})")
+        options = SlurmOptions(
+            args.partition,
+            args.gpus_per_task,
+            args.cpus_per_task,
+            args.mem,
+            args.time,
+            args.max_parallel,
+            args.sbatch_arg,
+        )
+        listed = submissions if isinstance(submissions, list) else find_submissions(submissions)
+        summary = run_slurm(
+            listed, args.output, _model(args), _config(args), args.checks, options, wait=not args.no_wait
+        )
+        if summary is None:
+            return 0
+    else:
+        summary = run_batch(
+            submissions, args.output, _model(args), _config(args), args.checks, args.workers, gpus
+        )
     print_summary(summary, args.output)
     if args.nbgrader_db is not None:
         from grader.platforms.nbgrader import write_scores
@@ -256,7 +313,9 @@ def _batch(args: argparse.Namespace) -> int:
 def _gradebook(args: argparse.Namespace) -> int:
     from grader.outputs.console import print_summary
     from grader.outputs.gradebook import write_gradebook
+    from grader.platforms.slurm import reconcile
 
+    reconcile(args.results)  # a --no-wait Slurm array's stopped tasks get their reports first
     print_summary(write_gradebook(args.results), args.results)
     return 0
 

@@ -184,3 +184,126 @@ def grade_artefacts(folder: Path, grading=None, failure=None, submission: str = 
     report.score = sum(c.points for c in report.checks)
     report.passed = bool(report.checks) and all(c.passed for c in report.checks)
     return report, artefacts
+
+
+# --- a real one-node Slurm cluster (tests/test_slurm.py) ----------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SlurmCluster:
+    """munged, slurmctld and slurmd started from a generated one-node slurm.conf in ``folder``;
+    ``stop()`` stops exactly these three (by the pids they wrote), nothing else. ``env`` is what a
+    client command needs (SLURM_CONF)."""
+
+    DAEMONS = ("munged", "slurmctld", "slurmd")
+
+    def __init__(self, folder: Path) -> None:
+        import shutil
+        import socket
+        import time
+
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)  # munged refuses a socket folder others can write
+        key = folder / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        key.chmod(0o400)
+        host = socket.gethostname().split(".")[0]
+        memory_mb = max(1024, int(Path("/proc/meminfo").read_text().split()[1]) // 1024 - 2048)
+        (folder / "state").mkdir()
+        (folder / "spool").mkdir()
+        conf = folder / "slurm.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    "ClusterName=sdlab",
+                    f"SlurmctldHost={host}",
+                    f"SlurmctldPort={_free_port()}",
+                    f"SlurmdPort={_free_port()}",
+                    "AuthType=auth/munge",
+                    f"AuthInfo=socket={folder / 'munge.sock'}",
+                    "CredType=cred/munge",
+                    "MpiDefault=none",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_Core",
+                    "SlurmUser=root",
+                    "SlurmdUser=root",
+                    "ReturnToService=2",
+                    "SchedulerType=sched/backfill",
+                    "AccountingStorageType=accounting_storage/none",
+                    "JobCompType=jobcomp/none",
+                    "MinJobAge=600",
+                    f"SlurmctldPidFile={folder / 'slurmctld.pid'}",
+                    f"SlurmdPidFile={folder / 'slurmd.pid'}",
+                    f"SlurmdSpoolDir={folder / 'spool'}",
+                    f"StateSaveLocation={folder / 'state'}",
+                    f"SlurmctldLogFile={folder / 'slurmctld.log'}",
+                    f"SlurmdLogFile={folder / 'slurmd.log'}",
+                    f"NodeName={host} CPUs={os.cpu_count()} RealMemory={memory_mb} State=UNKNOWN",
+                    "PartitionName=lab Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+                ]
+            )
+            + "\n"
+        )
+        self.env = {**os.environ, "SLURM_CONF": str(conf)}
+        munged = shutil.which("munged") or "/usr/sbin/munged"
+        commands = [
+            [
+                munged,
+                "--force",
+                f"--key-file={key}",
+                f"--socket={folder / 'munge.sock'}",
+                f"--pid-file={folder / 'munged.pid'}",
+                f"--log-file={folder / 'munged.log'}",
+                f"--seed-file={folder / 'munged.seed'}",
+            ],
+            [shutil.which("slurmctld") or "/usr/sbin/slurmctld", "-f", str(conf)],
+            [shutil.which("slurmd") or "/usr/sbin/slurmd", "-f", str(conf)],
+        ]
+        try:
+            for command in commands:  # each daemonises and writes its pid file
+                subprocess.run(command, env=self.env, check=True, capture_output=True, timeout=30)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                state = subprocess.run(
+                    ["sinfo", "-h", "-o", "%T"], env=self.env, capture_output=True, text=True
+                )
+                if state.stdout.strip() == "idle":
+                    return
+                time.sleep(0.3)
+            raise RuntimeError(f"the Slurm node never became idle: {state.stdout} {state.stderr}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        import signal
+        import time
+
+        for name in reversed(self.DAEMONS):
+            pid_file = self.folder / f"{name}.pid"
+            try:
+                pid = int(pid_file.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            for _ in range(100):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(pid, signal.SIGKILL)
