@@ -116,6 +116,16 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     slurm.add_argument(
         "--no-wait", action="store_true", help="submit and return (merge with `gradebook` later)"
     )
+    kube = batch.add_argument_group("Kubernetes: an Indexed Job manifest (with the sizing options above)")
+    kube.add_argument("--kubernetes", action="store_true", help="write RESULTS/kubernetes/manifest.json")
+    kube.add_argument("--image", default=None, help="a container image with this lab installed")
+    kube.add_argument("--pvc", default="sd-lora-lab-course", help="the shared volume's claim")
+    kube.add_argument(
+        "--mount",
+        type=Path,
+        default=None,
+        help="the shared folder (default: the one holding SUBS and RESULTS)",
+    )
     batch.add_argument(
         "--nbgrader-assignment",
         default=None,
@@ -269,19 +279,39 @@ def _batch(args: argparse.Namespace) -> int:
         from grader.platforms.nbgrader import exchange_submissions
 
         submissions = exchange_submissions(args.submissions, args.nbgrader_assignment)
+    for flag, value in (
+        ("--cpus-per-task", args.cpus_per_task),
+        ("--max-parallel", args.max_parallel),
+        ("--gpus-per-task", args.gpus_per_task),
+        ("--time", args.time),
+        ("--mem", args.mem),
+    ):
+        if value is not None and value <= 0:
+            raise LabError(f"{flag} must be positive (got {value:g})")
+    if args.kubernetes:
+        from grader.batch import find_submissions
+        from grader.platforms.kubernetes import write_manifest
+        from grader.platforms.slurm import SlurmOptions
+
+        if not args.image:
+            raise LabError("--kubernetes needs --image: a container image with this lab installed")
+        options = SlurmOptions(
+            None, args.gpus_per_task, args.cpus_per_task, args.mem, args.time, args.max_parallel
+        )
+        listed = submissions if isinstance(submissions, list) else find_submissions(submissions)
+        config = _config(args)
+        path = write_manifest(
+            listed, args.output, _model(args), config, args.checks, options, args.image, args.pvc, args.mount
+        )
+        if path is None:
+            print("every submission is graded: nothing to run")
+        else:
+            print(f"wrote {path}: kubectl apply -f {path}; then python -m grader gradebook {args.output}")
+        return 0
     if args.slurm:
         from grader.batch import find_submissions
         from grader.platforms.slurm import SlurmOptions, run_slurm
 
-        for flag, value in (
-            ("--cpus-per-task", args.cpus_per_task),
-            ("--max-parallel", args.max_parallel),
-            ("--gpus-per-task", args.gpus_per_task),
-            ("--time", args.time),
-            ("--mem", args.mem),
-        ):
-            if value is not None and value <= 0:
-                raise LabError(f"{flag} must be positive (got {value:g})")
         options = SlurmOptions(
             args.partition,
             args.gpus_per_task,

@@ -19,8 +19,6 @@ from helpers import (
     CHECKS_FILE,
     DIE_AT_3,
     LR0,
-    OTHER_SEED,
-    RANK8,
     ROOT,
     SOLUTION,
     STUDENT,
@@ -208,10 +206,8 @@ def make_submissions(folder: Path, tmp_path: Path) -> None:
     sources = {
         "alice": edited("alice"),
         "bob": STUDENT,
-        "carol": edited("carol", LR0),
-        "dave": edited("dave", RANK8),
-        "erin": edited("erin", OTHER_SEED),
-        "frank": edited("frank", **DIE_AT_3),
+        "carol": edited("carol", LR0),  # (wrong rank and wrong seed: their verdicts are tested on
+        "frank": edited("frank", **DIE_AT_3),  # hand-built artefacts; the batch path is what is here)
     }
     for name, source in sources.items():
         (folder / f"{name}.ipynb").write_bytes(source.read_bytes())
@@ -233,8 +229,6 @@ def test_batch_of_mixed_submissions_with_two_workers_and_resume(tmp_path):
         "alice": (1, 1, 1, "passed"),
         "bob": (0, 0, 0, "failed"),
         "carol": (1, 0, 0, "failed"),
-        "dave": (0, 1, 1, "failed"),
-        "erin": (1, 1, 0, "failed"),
         "frank": (1, 0, 0, "failed"),
         "grace": (0, 0, 0, "error"),
     }
@@ -250,7 +244,7 @@ def test_batch_of_mixed_submissions_with_two_workers_and_resume(tmp_path):
             jsonschema.validate(json.loads((results / name / "results.json").read_text()), SCHEMA_JSON)
             assert (results / name / "feedback.md").is_file()
     summary = json.loads((results / "summary.json").read_text())
-    assert summary["submissions"] == 7 and summary["passed"] == 1
+    assert summary["submissions"] == 5 and summary["passed"] == 1
     assert any(
         c["cause"].startswith("adapter_gradients: every lora_B weight") for c in summary["most_common_causes"]
     )
@@ -258,7 +252,7 @@ def test_batch_of_mixed_submissions_with_two_workers_and_resume(tmp_path):
 
     # a second run grades nothing again; a changed submission is regraded
     again = batch("batch", str(submissions), "-o", str(results), "--workers", "2")
-    assert "resuming: 7 of 7 submissions already graded" in again.stderr
+    assert "resuming: 5 of 5 submissions already graded" in again.stderr
     assert read_gradebook(results / "gradebook.csv") == book
     merged = batch("gradebook", str(results))
     assert merged.returncode == 0 and read_gradebook(results / "gradebook.csv") == book

@@ -21,7 +21,7 @@ needed = [
     for name in ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel")
     if not shutil.which(name)
 ]
-pytestmark = pytest.mark.skipif(
+needs_slurm = pytest.mark.skipif(
     bool(needed) or os.geteuid() != 0,
     reason=f"needs Debian's slurm-wlm and munge ({', '.join(needed)} missing)" if needed else "needs root",
 )
@@ -59,6 +59,7 @@ def squeue(cluster: SlurmCluster) -> list[str]:
     return result.stdout.split("\n")
 
 
+@needs_slurm
 @pytest.mark.notebook
 def test_a_mixed_class_as_one_array_with_a_cancelled_task_then_resumed(cluster, tmp_path):
     submissions, results = tmp_path / "submissions", tmp_path / "results"
@@ -116,6 +117,7 @@ def test_a_mixed_class_as_one_array_with_a_cancelled_task_then_resumed(cluster, 
     assert not [line for line in squeue(cluster) if line.strip() and "RUNNING" in line]
 
 
+@needs_slurm
 def test_a_bad_partition_is_one_line_and_writes_nothing(cluster, tmp_path):
     (tmp_path / "subs").mkdir()
     (tmp_path / "subs" / "a.ipynb").write_text("{}")
@@ -128,6 +130,7 @@ def test_a_bad_partition_is_one_line_and_writes_nothing(cluster, tmp_path):
     assert not (results / "slurm").exists()
 
 
+@needs_slurm
 def test_no_wait_submits_and_gradebook_merges_later(cluster, tmp_path):
     (tmp_path / "subs").mkdir()
     (tmp_path / "subs" / "erin.ipynb").write_text("not a notebook either")
@@ -147,3 +150,67 @@ def test_no_wait_submits_and_gradebook_merges_later(cluster, tmp_path):
     merged = grader(cluster, "gradebook", str(results))
     assert merged.returncode == 0, merged.stderr
     assert read_gradebook(results / "gradebook.csv")["erin"]["status"] == "error"
+
+
+# --- Kubernetes: a manifest (no cluster here: its fields are what is tested) ------------------------
+
+
+def test_kubernetes_writes_an_indexed_job_with_one_index_per_submission(tmp_path):
+    import yaml
+
+    from grader.platforms import array
+
+    course = tmp_path / "course"
+    (course / "subs").mkdir(parents=True)
+    for name in ("a", "b", "c"):
+        (course / "subs" / f"{name}.ipynb").write_text("{}")
+    results = course / "results"
+    command = ["batch", str(course / "subs"), "-o", str(results), "--kubernetes", "--image", "lab:1"]
+    command += ["--max-parallel", "2", "--gpus-per-task", "1", "--cpus-per-task", "4", "--mem", "16"]
+    result = subprocess.run(
+        [sys.executable, "-m", "grader", *command], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "kubectl apply -f" in result.stdout, result.stderr
+    manifest = yaml.safe_load((results / "kubernetes" / "manifest.json").read_text())  # JSON is YAML
+    spec = manifest["spec"]
+    assert (manifest["apiVersion"], manifest["kind"]) == ("batch/v1", "Job")
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 3, 2)
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["restartPolicy"] == "Never" and container["image"] == "lab:1"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["requests"] == {"cpu": "4", "memory": "16384Mi"}
+    assert container["volumeMounts"] == [{"name": "course", "mountPath": str(course.resolve())}]
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "sd-lora-lab-course"
+    assert (
+        "$JOB_COMPLETION_INDEX" in container["command"][-1]
+        and "grader.platforms.array task" in container["command"][-1]
+    )
+    job = array.read_job_file(results / "kubernetes")
+    assert [s.id for s in array.submissions_of(job)] == ["a", "b", "c"]
+    # the task a pod runs, run here for index 1: its submission's report lands in RESULTS/b
+    task = subprocess.run(
+        [sys.executable, "-m", "grader.platforms.array", "task", str(results / "kubernetes"), "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert task.returncode == 0 and "b: error" in task.stdout, task.stdout + task.stderr
+    assert json.loads((results / "b" / "report.json").read_text())["status"] == "error"
+
+
+def test_kubernetes_refuses_paths_no_shared_folder_holds(tmp_path):
+    (tmp_path / "subs").mkdir()
+    (tmp_path / "subs" / "a.ipynb").write_text("{}")
+    command = ["batch", str(tmp_path / "subs"), "-o", str(tmp_path / "r"), "--kubernetes", "--image", "lab:1"]
+    result = subprocess.run(
+        [sys.executable, "-m", "grader", *command, "--mount", str(tmp_path / "elsewhere")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "must all be under one shared folder" in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "grader", *command[:-2]], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "--kubernetes needs --image" in result.stderr

@@ -18,7 +18,6 @@ Slurm is driven through its own commands (sbatch, squeue, scancel); nothing here
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shlex
@@ -27,15 +26,16 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from grader.batch import GRADE_MARGIN, Submission, _Children, _failed_report, _grade_one, already_graded
-from grader.config import GradingConfig, load_config
+from grader.batch import GRADE_MARGIN, Submission, _failed_report, already_graded
+from grader.config import GradingConfig
 from grader.files import write_json, write_text
 from grader.outputs.gradebook import write_gradebook
+from grader.platforms import array
 from lab_utils.errors import LabError
-from lab_utils.models import ModelSpec, resolve_model
+from lab_utils.models import ModelSpec
 
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "SIGNALING"}
 # a task the scheduler ended without a report: (report status, cause). "cancelled" and
@@ -88,8 +88,8 @@ def job_script(results: Path, count: int, options: SlurmOptions, config: Grading
     lines += [f"#SBATCH {arg}" for arg in options.sbatch_args]
     lines += [
         f"export OMP_NUM_THREADS={options.cpus_per_task} MKL_NUM_THREADS={options.cpus_per_task}",
-        f"exec {shlex.quote(sys.executable)} -m grader.platforms.slurm task "
-        f'{shlex.quote(str(results))} "$SLURM_ARRAY_TASK_ID"',
+        f"exec {shlex.quote(sys.executable)} -m grader.platforms.array task "
+        f'{shlex.quote(str(results / "slurm"))} "$SLURM_ARRAY_TASK_ID"',
     ]
     return "\n".join(lines) + "\n"
 
@@ -147,17 +147,15 @@ def run_slurm(
         return write_gradebook(results)
     folder = _slurm_folder(results)
     script, manifest = folder / "grade.sbatch", folder / "job.json"
-    job_file = {
-        "submissions": [asdict(s) | {"path": str(s.path.resolve())} for s in todo],
-        "model": model.source,
-        "checks": str(checks.resolve()) if checks else None,
-        "timeout": config.timeouts.total,
-        "cell_timeout": config.timeouts.cell,
-        "sandbox": config.limits.sandbox,
-        "cpus_per_task": options.cpus_per_task,
-        "time_min": options.time_limit(config),
-        "mem_gb": options.mem_gb,
-    }
+    job_file = array.job_file(
+        todo,
+        model,
+        config,
+        checks,
+        cpus_per_task=options.cpus_per_task,
+        time_min=options.time_limit(config),
+        mem_gb=options.mem_gb,
+    )
     write_json(manifest, job_file)
     write_text(script, job_script(results.resolve(), len(todo), options, config))
     try:
@@ -210,19 +208,16 @@ def run_slurm(
 def reconcile(results: Path, states: dict[int, str] | None = None) -> int:
     """Give every task of the last array that left no finished report one saying what stopped it.
     Returns how many were written. ``states``: the scheduler's final state per task (else squeue)."""
-    manifest = _slurm_folder(results) / "job.json"
-    try:
-        job_file = json.loads(manifest.read_text())
-    except (OSError, ValueError):
+    job_file = array.read_job_file(_slurm_folder(results))
+    if job_file is None:
         return 0
     if states is None:
         states = _states(job_file["job"]) if job_file.get("job") and shutil.which("squeue") else {}
         if any(state in ACTIVE for state in states.values()):
             return 0  # still running: nothing to reconcile yet
-    config, model = _grading(job_file)
+    config, model = array.grading(job_file)
     written = 0
-    for index, entry in enumerate(job_file["submissions"]):
-        submission = Submission(entry["id"], Path(entry["path"]), entry.get("student"))
+    for index, submission in enumerate(array.submissions_of(job_file)):
         out = results / submission.id
         try:
             status = json.loads((out / "report.json").read_text()).get("status")
@@ -241,36 +236,3 @@ def reconcile(results: Path, states: dict[int, str] | None = None) -> int:
         _failed_report(out, submission, config, model, status, cause, time.monotonic())
         written += 1
     return written
-
-
-def _grading(job_file: dict) -> tuple[GradingConfig, ModelSpec]:
-    config = load_config(job_file["checks"]) if job_file.get("checks") else GradingConfig()
-    config = config.with_command_line(job_file["timeout"], job_file["cell_timeout"], job_file["sandbox"])
-    return config, resolve_model(job_file["model"])
-
-
-def task(results: Path, index: int) -> int:
-    """One array task: the same per-submission grader as local batch."""
-    job_file = json.loads((_slurm_folder(results) / "job.json").read_text())
-    entry = job_file["submissions"][index]
-    submission = Submission(entry["id"], Path(entry["path"]), entry.get("student"))
-    config, model = _grading(job_file)
-    checks = Path(job_file["checks"]) if job_file.get("checks") else None
-    verdict = _grade_one(
-        submission, results, model, checks, config, None, job_file["cpus_per_task"], _Children()
-    )
-    print(f"{submission.id}: {verdict}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m grader.platforms.slurm")
-    parser.add_argument("step", choices=("task",))
-    parser.add_argument("results", type=Path)
-    parser.add_argument("index", type=int)
-    args = parser.parse_args(argv)
-    return task(args.results, args.index)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
