@@ -4,6 +4,7 @@ python -m grader NOTEBOOK [--model M] [--checks FILE] [--results DIR] [--json FI
 python -m grader release SOURCE.ipynb -o DIR
 python -m grader batch SUBMISSIONS/ -o RESULTS/ [--workers N] [--gpus 0,1] [--slurm ...]
 python -m grader gradebook RESULTS/
+python -m grader report RESULTS/ [-o FILE]
 python -m grader gradescope -o autograder.zip [--checks FILE] [--model M] [--timeout S]
 python -m grader verify ARTEFACTS/ [--visible-only]    (the self-check's clean process)
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from lab_utils.errors import LabError
 from lab_utils.models import model_from_env, resolve_model
 
-COMMANDS = ("release", "batch", "gradebook", "gradescope", "verify")
+COMMANDS = ("release", "batch", "gradebook", "report", "gradescope", "verify")
 
 
 def _common(parser: argparse.ArgumentParser, grading: bool = True) -> None:
@@ -149,6 +150,15 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     gradebook.add_argument("results", type=Path)
     _common(gradebook, grading=False)
 
+    report = argparse.ArgumentParser(
+        prog="python -m grader report",
+        description="Write the class report: one self-contained HTML file (histogram, pass rates, causes, "
+        "a sortable table with every submission's images).",
+    )
+    report.add_argument("results", type=Path)
+    report.add_argument("-o", "--output", type=Path, default=None, help="default: RESULTS/report.html")
+    _common(report, grading=False)
+
     gradescope = argparse.ArgumentParser(
         prog="python -m grader gradescope",
         description="Write Gradescope's autograder zip (setup.sh, run_autograder, the grader with its "
@@ -192,6 +202,7 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
         "release": release,
         "batch": batch,
         "gradebook": gradebook,
+        "report": report,
         "gradescope": gradescope,
         "verify": verify,
     }
@@ -219,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             "release": _release,
             "batch": _batch,
             "gradebook": _gradebook,
+            "report": _report,
             "gradescope": _gradescope,
             "verify": _verify,
         }[command](args)
@@ -332,6 +344,7 @@ def _batch(args: argparse.Namespace) -> int:
             submissions, args.output, _model(args), _config(args), args.checks, args.workers, gpus
         )
     print_summary(summary, args.output)
+    print(f"class report: {args.output / 'report.html'}")
     if args.nbgrader_db is not None:
         from grader.platforms.nbgrader import write_scores
 
@@ -343,10 +356,19 @@ def _batch(args: argparse.Namespace) -> int:
 def _gradebook(args: argparse.Namespace) -> int:
     from grader.outputs.console import print_summary
     from grader.outputs.gradebook import write_gradebook
+    from grader.outputs.report import write_report
     from grader.platforms.slurm import reconcile
 
     reconcile(args.results)  # a --no-wait Slurm array's stopped tasks get their reports first
     print_summary(write_gradebook(args.results), args.results)
+    print(f"class report: {write_report(args.results)}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from grader.outputs.report import write_report
+
+    print(f"wrote {write_report(args.results, args.output)}")
     return 0
 
 

@@ -32,6 +32,7 @@ from rich.progress import (
 from grader.config import GradingConfig
 from grader.files import write_json
 from grader.outputs.gradebook import write_gradebook
+from grader.outputs.report import write_report
 from grader.types import GradeReport, submission_key
 from lab_utils.errors import LabError
 from lab_utils.models import ModelSpec
@@ -254,4 +255,6 @@ def run_batch(
                     raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return write_gradebook(results)
+    summary = write_gradebook(results)
+    write_report(results)  # the class report, beside the gradebook
+    return summary

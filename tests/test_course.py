@@ -249,6 +249,9 @@ def test_batch_of_mixed_submissions_with_two_workers_and_resume(tmp_path):
         c["cause"].startswith("adapter_gradients: every lora_B weight") for c in summary["most_common_causes"]
     )
     assert "most common failure causes" in result.stdout
+    assert (
+        "<h1>SD LoRA Lab — class report</h1>" in (results / "report.html").read_text()
+    )  # beside the gradebook
 
     # a second run grades nothing again; a changed submission is regraded
     again = batch("batch", str(submissions), "-o", str(results), "--workers", "2")

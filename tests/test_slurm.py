@@ -106,6 +106,7 @@ def test_a_mixed_class_as_one_array_with_a_cancelled_task_then_resumed(cluster, 
     assert book["alice"]["total"] == "3.0" and "is not a notebook" in book["carol"]["failure"]
     assert "cancelled by the scheduler" in book["dave"]["failure"]
     assert json.loads((results / "summary.json").read_text())["submissions"] == 4
+    assert 'href="alice/feedback.md"' in (results / "report.html").read_text()  # the class report too
 
     # the rerun resumes: only the cancelled submission goes to Slurm again, and finishes
     again = grader(cluster, "batch", str(submissions), "-o", str(results), "--slurm", timeout=300)

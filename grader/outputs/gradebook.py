@@ -45,6 +45,22 @@ def _cause(check: dict) -> str | None:
     return f"{check['name']}: {description or _cause_key(str(cause))}"
 
 
+def class_causes(reports: list[dict], top: int = 10) -> list[tuple[str, int]]:
+    """The most common failure causes across the class: each check's declared cause, and how the
+    execution failed (its first clause, numbers blanked)."""
+    causes: Counter[str] = Counter()
+    for report in reports:
+        for check in report.get("checks", []):
+            cause = _cause(check)
+            if cause:
+                causes[cause] += 1
+        failure = (report.get("execution") or {}).get("failure") or ""
+        if failure:
+            reason = re.sub(r"^step \d+ failed: ", "", failure)
+            causes[f"execution: {_cause_key(reason)}"] += 1
+    return causes.most_common(top)
+
+
 def write_gradebook(results: Path) -> dict:
     """Write ``gradebook.csv`` (submission, the student id where the layout gave one, per-check
     scores, total, status, duration, failure) and ``summary.json``; return the summary."""
@@ -68,7 +84,6 @@ def write_gradebook(results: Path) -> dict:
             "failure",
         ]
     )
-    causes: Counter[str] = Counter()
     for report in reports:
         scores = {c["name"]: c["points"] for c in report.get("checks", [])}
         status = report.get("status")
@@ -87,18 +102,11 @@ def write_gradebook(results: Path) -> dict:
                 failure,
             ]
         )
-        for check in report.get("checks", []):
-            cause = _cause(check)
-            if cause:
-                causes[cause] += 1
-        if failure:
-            reason = re.sub(r"^step \d+ failed: ", "", failure)
-            causes[f"execution: {_cause_key(reason)}"] += 1
     write_text(results / "gradebook.csv", buffer.getvalue())
     summary = {
         "submissions": len(reports),
         "passed": sum(1 for r in reports if r.get("status") == "graded" and r.get("passed")),
-        "most_common_causes": [{"cause": cause, "count": n} for cause, n in causes.most_common(10)],
+        "most_common_causes": [{"cause": cause, "count": n} for cause, n in class_causes(reports)],
     }
     write_json(results / "summary.json", summary)
     return summary

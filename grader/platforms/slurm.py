@@ -33,6 +33,7 @@ from grader.batch import GRADE_MARGIN, Submission, _failed_report, already_grade
 from grader.config import GradingConfig
 from grader.files import write_json, write_text
 from grader.outputs.gradebook import write_gradebook
+from grader.outputs.report import write_report
 from grader.platforms import array
 from lab_utils.errors import LabError
 from lab_utils.models import ModelSpec
@@ -144,7 +145,9 @@ def run_slurm(
             f"resuming: {len(submissions) - len(todo)} of {len(submissions)} submissions already graded"
         )
     if not todo:
-        return write_gradebook(results)
+        summary = write_gradebook(results)
+        write_report(results)
+        return summary
     folder = _slurm_folder(results)
     script, manifest = folder / "grade.sbatch", folder / "job.json"
     job_file = array.job_file(
@@ -202,7 +205,9 @@ def run_slurm(
     finally:
         signal.signal(signal.SIGTERM, previous)
     reconcile(results, states)
-    return write_gradebook(results)
+    summary = write_gradebook(results)
+    write_report(results)  # the class report, beside the gradebook
+    return summary
 
 
 def reconcile(results: Path, states: dict[int, str] | None = None) -> int:
