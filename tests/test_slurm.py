@@ -8,11 +8,13 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import nbformat
 import pytest
 from helpers import ROOT, STUDENT, SlurmCluster, solution_with
 
@@ -215,3 +217,34 @@ def test_kubernetes_refuses_paths_no_shared_folder_holds(tmp_path):
         [sys.executable, "-m", "grader", *command[:-2]], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 2 and "--kubernetes needs --image" in result.stderr
+
+
+@needs_slurm
+def test_sigterm_cancels_the_array_and_says_so(cluster, tmp_path):
+    (tmp_path / "subs").mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import time\ntime.sleep(120)")])
+    nbformat.write(nb, tmp_path / "subs" / "slow.ipynb")
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "grader", "batch", str(tmp_path / "subs"), "-o", str(results), "--slurm"]
+    batch = subprocess.Popen(
+        command, cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 60
+    job = None
+    while time.monotonic() < deadline:
+        if job is None and (results / "slurm" / "job.json").is_file():
+            job = json.loads((results / "slurm" / "job.json").read_text()).get("job")
+        if job and f"{job}_0 RUNNING" in squeue(cluster):
+            break
+        time.sleep(0.3)
+    batch.send_signal(signal.SIGTERM)  # the scheduler stopping the login-node job, or `kill`
+    output, _ = batch.communicate(timeout=60)
+    assert batch.returncode == 130 and f"cancelled Slurm job {job}: run the same command again" in output, (
+        output
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(
+        line.startswith(f"{job}_") and ("RUNNING" in line or "PENDING" in line) for line in squeue(cluster)
+    ):
+        time.sleep(0.3)
+    assert not [line for line in squeue(cluster) if line.startswith(f"{job}_") and "RUNNING" in line]
