@@ -197,6 +197,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _alive(pid: int) -> bool:
+    """Running, not a zombie: a daemon re-parented to a PID 1 that does not reap stays a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 class SlurmCluster:
     """munged, slurmctld and slurmd started from a generated one-node slurm.conf in ``folder``;
     ``stop()`` stops exactly these three (by the pids they wrote), nothing else. ``env`` is what a
@@ -300,9 +309,7 @@ class SlurmCluster:
             except ProcessLookupError:
                 continue
             for _ in range(100):
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
+                if not _alive(pid):
                     break
                 time.sleep(0.1)
             else:

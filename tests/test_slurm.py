@@ -248,3 +248,34 @@ def test_sigterm_cancels_the_array_and_says_so(cluster, tmp_path):
     ):
         time.sleep(0.3)
     assert not [line for line in squeue(cluster) if line.startswith(f"{job}_") and "RUNNING" in line]
+
+
+@pytest.mark.parametrize(
+    "state, status, words",
+    [
+        ("TIMEOUT", "timeout", "killed by Slurm at the task's time limit (--time 7 min)"),
+        ("NODE_FAIL", "node_failure", "its node failed while it was grading"),
+        ("OUT_OF_MEMORY", "error", "out of memory (--mem 4.0 GB)"),
+        ("PREEMPTED", "cancelled", "preempted by the scheduler"),
+        ("FAILED", "error", "the Slurm task ended (FAILED) without a report: Traceback line"),
+    ],
+)
+def test_a_task_the_scheduler_stopped_becomes_a_report_with_its_cause(tmp_path, state, status, words):
+    """On a hand-built job file and scheduler states (the mapping is under test, not Slurm)."""
+    from grader.batch import Submission
+    from grader.config import GradingConfig
+    from grader.platforms import array
+    from grader.platforms.slurm import reconcile
+    from lab_utils.models import resolve_model
+
+    notebook = tmp_path / "subs" / "erin.ipynb"
+    notebook.parent.mkdir()
+    notebook.write_text("{}")
+    results = tmp_path / "results"
+    data = array.job_file([Submission("erin", notebook)], resolve_model("tiny"), GradingConfig(), None)
+    array.write_job_file(results / "slurm", data | {"job": "41", "time_min": 7, "mem_gb": 4.0})
+    (results / "slurm" / "task-41_0.log").write_text("grading erin\nTraceback line\n")
+    assert reconcile(results, {0: state}) == 1
+    report = json.loads((results / "erin" / "report.json").read_text())
+    assert report["status"] == status and words in report["execution"]["failure"], report
+    assert reconcile(results, {0: state}) == 0  # a report is there now: nothing to add

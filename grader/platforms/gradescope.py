@@ -326,8 +326,8 @@ def run(root: Path) -> int:
     except Exception as error:  # the instructor reads the traceback in Gradescope's log
         traceback.print_exc(file=sys.stdout)
         message = (
-            f"The grader failed ({type(error).__name__}: {error}). This is not your notebook's fault: "
-            "your instructor sees the details in the autograder log."
+            f"The grader itself failed ({type(error).__name__}: {error}); your instructor sees the "
+            "details in the autograder log."
         )
         write_json(results / "results.json", error_results(message, max_score=max_score))
         return 3

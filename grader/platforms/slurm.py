@@ -101,9 +101,12 @@ def _run(command: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True)
 
 
-def _states(job: str) -> dict[int, str]:
-    """{array index: state} from squeue (finished tasks stay listed for Slurm's MinJobAge)."""
+def _states(job: str) -> dict[int, str] | None:
+    """{array index: state} from squeue (finished tasks stay listed for Slurm's MinJobAge); None
+    when squeue itself failed (the controller busy or restarting)."""
     result = _run(["squeue", "-h", "-r", "-j", job, "--states=all", "-o", "%K %T"])
+    if result.returncode != 0:
+        return None
     states = {}
     for line in result.stdout.splitlines():
         index, _, state = line.strip().partition(" ")
@@ -159,13 +162,17 @@ def run_slurm(
         time_min=options.time_limit(config),
         mem_gb=options.mem_gb,
     )
-    write_json(manifest, job_file)
+    previous_files = {path: path.read_bytes() for path in (script, manifest) if path.is_file()}
+    write_json(manifest, job_file)  # in place before sbatch: a task may start at once and read it
     write_text(script, job_script(results.resolve(), len(todo), options, config))
     try:
         job = submit(script)
-    except LabError:
-        script.unlink(missing_ok=True)  # nothing written half: a refused job leaves no job files
-        manifest.unlink(missing_ok=True)
+    except LabError:  # nothing written half: a refused job leaves the folder as it was
+        for path in (script, manifest):
+            if path in previous_files:
+                write_text(path, previous_files[path].decode())
+            else:
+                path.unlink(missing_ok=True)
         if not any(folder.iterdir()):
             folder.rmdir()
         raise
@@ -191,8 +198,16 @@ def run_slurm(
         ) as progress:
             bar = progress.add_task("slurm", total=len(todo))
             states: dict[int, str] = {}
+            failures = 0
             while True:
-                states = _states(job)
+                polled = _states(job)
+                if polled is None:  # squeue failed: ask again, give up after a minute
+                    failures += 1
+                    if failures > 60:
+                        raise LabError(f"squeue cannot report job {job}: `scancel {job}` or rerun later")
+                    time.sleep(1.0)
+                    continue
+                states, failures = polled, 0
                 done = [i for i in range(len(todo)) if states.get(i, "GONE") not in ACTIVE]
                 progress.update(bar, completed=len(done))
                 if len(done) == len(todo):
@@ -217,9 +232,12 @@ def reconcile(results: Path, states: dict[int, str] | None = None) -> int:
     if job_file is None:
         return 0
     if states is None:
-        states = _states(job_file["job"]) if job_file.get("job") and shutil.which("squeue") else {}
-        if any(state in ACTIVE for state in states.values()):
-            return 0  # still running: nothing to reconcile yet
+        if not job_file.get("job") or not shutil.which("squeue"):
+            return 0  # not on the cluster: the scheduler cannot say what stopped a task
+        polled = _states(job_file["job"])
+        if polled is None or any(state in ACTIVE for state in polled.values()):
+            return 0  # still running, or the scheduler cannot say: nothing to reconcile yet
+        states = polled
     config, model = array.grading(job_file)
     written = 0
     for index, submission in enumerate(array.submissions_of(job_file)):
