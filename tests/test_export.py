@@ -4,6 +4,8 @@ loading names what does not fit; diagnose_adapter flags the classic broken adapt
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -43,7 +45,15 @@ def trained(request, tmp_path_factory):
     files = {
         "peft": export_adapter(unet, folder / "peft", "peft"),
         "diffusers": export_adapter(unet, folder / "diffusers", "diffusers"),
-        "kohya": export_adapter(unet, folder / "sks.safetensors", "kohya", trigger="sks style", steps=30),
+        "kohya": export_adapter(
+            unet,
+            folder / "sks.safetensors",
+            "kohya",
+            trigger="sks style",
+            steps=30,
+            caption=PROMPT,
+            epochs=30,
+        ),
     }
     return unet, adapted, files
 
@@ -78,8 +88,14 @@ def test_kohya_file_round_trips_exactly_with_alpha_and_header(trained):
         assert torch.equal(read.a[module], original)
     with safe_open(str(files["kohya"]), "pt") as handle:
         header = handle.metadata()
-    assert header["ss_network_dim"] == "4" and header["ss_base_model_version"] == "sd_v1"
-    assert header["sd_lora_lab_trigger"] == "sks style" and header["ss_steps"] == "30"
+    assert header["ss_network_dim"] == "4" and header["ss_base_model_version"] == "sd_lora_lab_miniature"
+    assert header["sd_lora_lab_trigger"] == "sks style" and (header["ss_steps"], header["ss_epoch"]) == (
+        "30",
+        "30",
+    )
+    assert header["ss_output_name"] == "sks" and header["ss_v2"] == "False"
+    tags = json.loads(header["ss_tag_frequency"])["sd_lora_lab"]
+    assert tags == {"sks style": 1, PROMPT: 1}  # the trigger word first, then the training caption
     assert "attn2.to_k" in header["sd_lora_lab_targets"]
 
 
@@ -143,3 +159,28 @@ def test_grader_feedback_summarises_the_saved_adapter_with_diagnose_adapter(pipe
     assert "untrained: every up/B weight is zero" in lines[-1]
     (folder / "adapter_model.safetensors").write_bytes(b"not safetensors")
     assert adapter_summary(folder)[0].startswith("- could not be read: ")
+
+
+def test_base_model_version_comes_from_the_unet_shapes():
+    """SD 1.x only for SD 1.x's U-Net (the SD 1.5 architecture, built on the meta device), SD 2.x
+    and SDXL from their configs (hand-built), the miniature model a value of its own."""
+    from types import SimpleNamespace
+
+    from diffusers.configuration_utils import FrozenDict
+
+    from lab_utils.adapters.write import base_model_version
+    from lab_utils.sd15 import sd15_unet
+
+    def unet(**config):
+        base = dict(block_out_channels=(320, 640, 1280, 1280), in_channels=4, sample_size=64)
+        return SimpleNamespace(config=FrozenDict({**base, **config}))
+
+    assert base_model_version(sd15_unet("meta")) == "sd_v1"
+    assert base_model_version(unet(cross_attention_dim=1024, sample_size=96)) == "sd_v2_768_v"
+    assert base_model_version(unet(cross_attention_dim=1024)) == "sd_v2_512"
+    assert (
+        base_model_version(unet(cross_attention_dim=2048, addition_embed_type="text_time"))
+        == "sdxl_base_v1-0"
+    )
+    assert base_model_version(fresh().unet) == "sd_lora_lab_miniature"
+    assert base_model_version(unet(cross_attention_dim=512, block_out_channels=(32, 64))) == "unknown"

@@ -54,15 +54,43 @@ def module_rank_alpha(unet: PeftModel, module: str) -> tuple[int, float]:
     )
 
 
+def base_model_version(unet) -> str:
+    """kohya's ``ss_base_model_version`` for the U-Net an adapter was trained on, from its shapes:
+    ``sd_v1`` only for SD 1.x's (cross-attention 768, blocks 320/640/1280/1280), ``sd_v2_512`` /
+    ``sd_v2_768_v`` for SD 2.x's (1024; 768 px models are v-prediction), ``sdxl_base_v1-0`` for
+    SDXL's, and ``sd_lora_lab_miniature`` for the built-in model — a value no client reads as SD 1.x
+    (A1111 still lists any file with metadata beside SD 1.x checkpoints unless the value starts with
+    ``sdxl_``: docs/learners.md)."""
+    model = unet.get_base_model() if isinstance(unet, PeftModel) else unet
+    config = model.config
+    blocks = tuple(config.block_out_channels)
+    if config.get("addition_embed_type") == "text_time" or config.cross_attention_dim == 2048:
+        return "sdxl_base_v1-0"
+    if blocks == (320, 640, 1280, 1280) and config.in_channels in (4, 9):
+        if config.cross_attention_dim == 768:
+            return "sd_v1"
+        if config.cross_attention_dim == 1024:
+            return "sd_v2_768_v" if config.sample_size == 96 else "sd_v2_512"
+    return "sd_lora_lab_miniature" if blocks == (64, 128, 128) else "unknown"
+
+
 def export_adapter(
     unet: PeftModel,
     path: str | os.PathLike[str],
     scheme: str = "kohya",
     trigger: str = "",
     steps: int | None = None,
-    base_model: str = "sd_v1",
+    base_model: str | None = None,
+    caption: str | list[str] = "",
+    epochs: int | None = None,
+    name: str | None = None,
 ) -> Path:
-    """Write the adapter of ``unet`` as ``scheme``; returns the file (or, for peft, the folder)."""
+    """Write the adapter of ``unet`` as ``scheme``; returns the file (or, for peft, the folder).
+
+    The kohya file's header is what the clients read: ``ss_base_model_version`` from the U-Net's
+    shapes (``base_model`` overrides it), ``ss_tag_frequency`` with the trigger word and the training
+    caption(s), ``ss_steps`` / ``ss_epoch`` as numbers when given, ``ss_output_name`` (``name``,
+    default the file's stem)."""
     if scheme not in SCHEMES:
         raise LabError(f"scheme={scheme!r}: use one of {', '.join(SCHEMES)}")
     path = Path(path)
@@ -95,15 +123,33 @@ def export_adapter(
         tensors[down] = state[f"{module}.lora_A.weight"]
         tensors[up] = state[f"{module}.lora_B.weight"]
         tensors[alpha_key] = torch.tensor(float(alpha))
+    version = base_model or base_model_version(unet)
+    captions = [caption] if isinstance(caption, str) else list(caption)
+    tags: dict[str, int] = {}
+    for text in [c for c in captions if c]:  # kohya counts each tag once per caption in the dataset
+        for tag in dict.fromkeys([trigger, *(t.strip() for t in text.split(","))]):
+            if tag:
+                tags[tag] = tags.get(tag, 0) + 1
+    if trigger and trigger not in tags:
+        tags[trigger] = max(1, len([c for c in captions if c]))
     metadata = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(config.r),
         "ss_network_alpha": str(float(config.lora_alpha) * (math.sqrt(config.r) if config.use_rslora else 1)),
-        "ss_base_model_version": base_model,
-        "ss_steps": str(steps) if steps is not None else "",
+        "ss_base_model_version": version,
+        "ss_v2": str(version.startswith("sd_v2")),
+        "ss_output_name": name or path.stem,
+        "ss_tag_frequency": json.dumps({"sd_lora_lab": tags}),
         "sd_lora_lab_targets": json.dumps(sorted({module_kind(m) for m in _modules(state)})),
         "sd_lora_lab_trigger": trigger,
     }
+    for key, value in (("ss_steps", steps), ("ss_epoch", epochs)):
+        if value is not None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise LabError(
+                    f"{key.removeprefix('ss_')}={value!r}: a whole number of training steps/epochs"
+                )
+            metadata[key] = str(value)
     if path.suffix != ".safetensors":
         raise LabError(f"'{path}': a kohya adapter is one .safetensors file")
     with atomic_path(path) as tmp:
