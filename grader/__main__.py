@@ -89,44 +89,9 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     )
     batch.add_argument("--workers", type=int, default=1, help="submissions graded at once (default 1)")
     batch.add_argument("--gpus", default=None, help="GPU ids to spread workers over, e.g. 0,1")
-    slurm = batch.add_argument_group("Slurm: one job array, one task per submission")
-    slurm.add_argument(
-        "--slurm", action="store_true", help="grade on a Slurm cluster (sbatch from this machine)"
-    )
-    slurm.add_argument("--partition", default=None, help="the partition to submit to")
-    slurm.add_argument("--gpus-per-task", type=int, default=None, metavar="N")
-    slurm.add_argument("--cpus-per-task", type=int, default=1, metavar="N", help="(default 1)")
-    slurm.add_argument(
-        "--mem", type=float, default=8.0, metavar="G", help="GB of memory per task (default 8)"
-    )
-    slurm.add_argument(
-        "--time",
-        type=int,
-        default=None,
-        metavar="MIN",
-        help="minutes per task (default: the notebook timeout + 6)",
-    )
-    slurm.add_argument("--max-parallel", type=int, default=None, metavar="K", help="tasks running at once")
-    slurm.add_argument(
-        "--sbatch-arg",
-        action="append",
-        default=[],
-        metavar="ARG",
-        help="an extra #SBATCH line, e.g. --qos=class",
-    )
-    slurm.add_argument(
-        "--no-wait", action="store_true", help="submit and return (merge with `gradebook` later)"
-    )
-    kube = batch.add_argument_group("Kubernetes: an Indexed Job manifest (with the sizing options above)")
-    kube.add_argument("--kubernetes", action="store_true", help="write RESULTS/kubernetes/manifest.json")
-    kube.add_argument("--image", default=None, help="a container image with this lab installed")
-    kube.add_argument("--pvc", default="sd-lora-lab-course", help="the shared volume's claim")
-    kube.add_argument(
-        "--mount",
-        type=Path,
-        default=None,
-        help="the shared folder (default: the one holding SUBS and RESULTS)",
-    )
+    from grader.platforms.options import add_arguments
+
+    add_arguments(batch)  # --slurm, --kubernetes and the sizes of their tasks
     batch.add_argument(
         "--nbgrader-assignment",
         default=None,
@@ -280,7 +245,7 @@ def _release(args: argparse.Namespace) -> int:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from grader.batch import run_batch
+    from grader.batch import find_submissions, run_batch
     from grader.outputs.console import print_summary
 
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
@@ -291,29 +256,25 @@ def _batch(args: argparse.Namespace) -> int:
         from grader.platforms.nbgrader import exchange_submissions
 
         submissions = exchange_submissions(args.submissions, args.nbgrader_assignment)
-    for flag, value in (
-        ("--cpus-per-task", args.cpus_per_task),
-        ("--max-parallel", args.max_parallel),
-        ("--gpus-per-task", args.gpus_per_task),
-        ("--time", args.time),
-        ("--mem", args.mem),
-    ):
-        if value is not None and value <= 0:
-            raise LabError(f"{flag} must be positive (got {value:g})")
+    from grader.platforms.options import from_args
+
+    options = from_args(args)
+    listed = submissions if isinstance(submissions, list) else find_submissions(submissions)
     if args.kubernetes:
-        from grader.batch import find_submissions
         from grader.platforms.kubernetes import write_manifest
-        from grader.platforms.slurm import SlurmOptions
 
         if not args.image:
             raise LabError("--kubernetes needs --image: a container image with this lab installed")
-        options = SlurmOptions(
-            None, args.gpus_per_task, args.cpus_per_task, args.mem, args.time, args.max_parallel
-        )
-        listed = submissions if isinstance(submissions, list) else find_submissions(submissions)
-        config = _config(args)
         path = write_manifest(
-            listed, args.output, _model(args), config, args.checks, options, args.image, args.pvc, args.mount
+            listed,
+            args.output,
+            _model(args),
+            _config(args),
+            args.checks,
+            options,
+            args.image,
+            args.pvc,
+            args.mount,
         )
         if path is None:
             print("every submission is graded: nothing to run")
@@ -321,19 +282,8 @@ def _batch(args: argparse.Namespace) -> int:
             print(f"wrote {path}: kubectl apply -f {path}; then python -m grader gradebook {args.output}")
         return 0
     if args.slurm:
-        from grader.batch import find_submissions
-        from grader.platforms.slurm import SlurmOptions, run_slurm
+        from grader.platforms.slurm import run_slurm
 
-        options = SlurmOptions(
-            args.partition,
-            args.gpus_per_task,
-            args.cpus_per_task,
-            args.mem,
-            args.time,
-            args.max_parallel,
-            args.sbatch_arg,
-        )
-        listed = submissions if isinstance(submissions, list) else find_submissions(submissions)
         summary = run_slurm(
             listed, args.output, _model(args), _config(args), args.checks, options, wait=not args.no_wait
         )

@@ -24,7 +24,7 @@ from grader.batch import Submission, already_graded
 from grader.config import GradingConfig
 from grader.files import write_json
 from grader.platforms import array
-from grader.platforms.slurm import SlurmOptions
+from grader.platforms.options import TaskOptions
 from lab_utils.errors import LabError
 from lab_utils.models import ModelSpec
 
@@ -35,7 +35,7 @@ def write_manifest(
     model: ModelSpec,
     config: GradingConfig,
     checks: Path | None,
-    options: SlurmOptions,
+    options: TaskOptions,
     image: str,
     claim: str = "sd-lora-lab-course",
     mount: Path | None = None,

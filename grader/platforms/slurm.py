@@ -26,15 +26,15 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from grader.batch import GRADE_MARGIN, Submission, _failed_report, already_graded
+from grader.batch import Submission, _failed_report, already_graded
 from grader.config import GradingConfig
 from grader.files import write_json, write_text
 from grader.outputs.gradebook import write_gradebook
 from grader.outputs.report import write_report
 from grader.platforms import array
+from grader.platforms.options import TaskOptions
 from lab_utils.errors import LabError
 from lab_utils.models import ModelSpec
 
@@ -52,25 +52,11 @@ STOPPED = {
 }
 
 
-@dataclass(frozen=True)
-class SlurmOptions:
-    partition: str | None = None
-    gpus_per_task: int | None = None
-    cpus_per_task: int = 1
-    mem_gb: float = 8.0
-    time_min: int | None = None  # default: the notebook's total timeout + the grader's margin
-    max_parallel: int | None = None
-    sbatch_args: list[str] = field(default_factory=list)
-
-    def time_limit(self, config: GradingConfig) -> int:
-        return self.time_min or math.ceil((config.timeouts.total + GRADE_MARGIN + 60) / 60)
-
-
 def _slurm_folder(results: Path) -> Path:
     return results / "slurm"
 
 
-def job_script(results: Path, count: int, options: SlurmOptions, config: GradingConfig) -> str:
+def job_script(results: Path, count: int, options: TaskOptions, config: GradingConfig) -> str:
     lines = [
         "#!/usr/bin/env bash",
         "# SD LoRA Lab: one array task per submission, written by `python -m grader batch --slurm`.",
@@ -133,7 +119,7 @@ def run_slurm(
     model: ModelSpec,
     config: GradingConfig,
     checks: Path | None,
-    options: SlurmOptions,
+    options: TaskOptions,
     wait: bool = True,
     console=None,
 ) -> dict | None:
