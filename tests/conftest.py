@@ -26,7 +26,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 # The longest files first, so pytest-xdist (--dist loadfile --no-loadscope-reorder) starts the
 # going-further notebook (~8 min in one worker) at once and fills the other worker meanwhile.
-SLOWEST_FIRST = ("test_going_further.py", "test_adversarial.py", "test_course.py")
+SLOWEST_FIRST = (
+    "test_going_further.py",
+    "test_adversarial.py",
+    "test_course.py",
+    "test_slurm.py",
+    "test_gradescope.py",
+    "test_step5.py",
+    "test_nbgrader.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

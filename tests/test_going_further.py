@@ -73,8 +73,8 @@ def test_the_validation_trap_ends_with_two_verdicts_per_adapter(executed):
 def test_the_style_adapter_generalises_with_its_trigger_only_and_keeps_colours(executed):
     """Issue 6's quality claim on `tiny`: the style adapter (16 styled + 16 plain drawings) draws the
     rim on held-out colour–shape pairs with the trigger (verdict "yes": 0.29 at the notebook's seed,
-    0.21–0.32 for inits 0–3 on this CPU), not without it, and prompts without the trigger keep their
-    colours."""
+    0.21–0.32 for inits 0–3 on this CPU, measured with three evaluation seeds; two since session 10),
+    not without it, and prompts without the trigger keep their colours."""
     block = executed[executed.index("\nstyle:\n") :]
     assert re.search(r"^\s+generalizes: yes — ", block, flags=re.MULTILINE), block[:600]
     lines = dict(re.findall(r"^\s+(held-out prompts[^:]*): (style .*)$", block, flags=re.MULTILINE))

@@ -69,9 +69,7 @@ def test_a_mixed_class_as_one_array_with_a_cancelled_task_then_resumed(cluster, 
     sources = {
         "alice": solution_with(quick=True)(tmp_path / "a"),
         "bob": STUDENT,
-        "dave": solution_with(after="import torch", cell="import time\ntime.sleep(20)", quick=True)(
-            tmp_path / "d"
-        ),
+        "dave": solution_with(quick=True)(tmp_path / "d"),  # cancelled while it runs (≥ 15 s of grading)
     }
     for name, source in sources.items():
         (submissions / f"{name}.ipynb").write_bytes(source.read_bytes())
@@ -81,7 +79,7 @@ def test_a_mixed_class_as_one_array_with_a_cancelled_task_then_resumed(cluster, 
     batch = subprocess.Popen(
         command, cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    # dave (task 3, the last) sleeps at step 1: cancel it once it runs, as an administrator would
+    # dave (task 3, the last): cancel it once it runs, as an administrator would
     deadline = time.monotonic() + 240
     job = None
     while time.monotonic() < deadline and batch.poll() is None:
@@ -89,7 +87,7 @@ def test_a_mixed_class_as_one_array_with_a_cancelled_task_then_resumed(cluster, 
         if job is None and job_file.is_file():
             job = json.loads(job_file.read_text()).get("job")
         if job and f"{job}_3 RUNNING" in squeue(cluster):
-            time.sleep(2)
+            time.sleep(1)
             subprocess.run(["scancel", f"{job}_3"], env=cluster.env, check=True)
             break
         time.sleep(0.5)
@@ -279,3 +277,28 @@ def test_a_task_the_scheduler_stopped_becomes_a_report_with_its_cause(tmp_path, 
     report = json.loads((results / "erin" / "report.json").read_text())
     assert report["status"] == status and words in report["execution"]["failure"], report
     assert reconcile(results, {0: state}) == 0  # a report is there now: nothing to add
+
+
+def test_without_sbatch_on_path_it_says_where_to_run(tmp_path):
+    (tmp_path / "subs").mkdir()
+    (tmp_path / "subs" / "a.ipynb").write_text("{}")
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # python, but no Slurm commands
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grader",
+            "batch",
+            str(tmp_path / "subs"),
+            "-o",
+            str(tmp_path / "r"),
+            "--slurm",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "--slurm needs Slurm's sbatch on PATH" in result.stderr
+    assert not (tmp_path / "r" / "slurm").exists()

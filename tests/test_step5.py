@@ -65,7 +65,7 @@ def test_step5_checks_are_off_by_default_and_a_checks_file_turns_them_on(tmp_pat
 
 @pytest.mark.notebook
 def test_the_solution_earns_step5_and_the_grader_recomputes_it(tmp_path):
-    report = grade_notebook(solution_with()(tmp_path), config=step5_config(tmp_path))
+    report = grade_notebook(solution_with(quick=True)(tmp_path), config=step5_config(tmp_path))
     checks = {c.name: c for c in report.checks}
     assert all(c.passed for c in checks.values()), [(c.name, c.cause) for c in report.checks]
     assert report.score == report.max_score == 6 and report.execution["steps_completed"] == 5
