@@ -201,8 +201,11 @@ def execute_notebook(
                         break
                     except CellExecutionError as error:
                         execution.failure = StepFailure(step, _error_line(error))
-                        if sandbox.kill_strays(kernel_processes):  # before the artefact cell runs
+                        if sandbox.kill_strays(kernel_processes):
+                            # copies of the kernel (a fork) shared its sockets: it cannot be trusted to
+                            # run the artefact cell, and the earlier steps' snapshots are all it needs
                             execution.notes.append("processes the notebook left running were killed")
+                            kernel_alive = False
                         break
                 if execution.failure is None and current_step is not None:
                     completed_through = current_step
