@@ -251,15 +251,15 @@ def _batch(args: argparse.Namespace) -> int:
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
     if args.nbgrader_db is not None and args.nbgrader_assignment is None:
         raise LabError("--nbgrader-db needs --nbgrader-assignment NAME (the assignment to write scores for)")
-    submissions = args.submissions
-    if args.nbgrader_assignment is not None:
-        from grader.platforms.nbgrader import exchange_submissions
-
-        submissions = exchange_submissions(args.submissions, args.nbgrader_assignment)
     from grader.platforms.options import from_args
 
     options = from_args(args)
-    listed = submissions if isinstance(submissions, list) else find_submissions(submissions)
+    if args.nbgrader_assignment is not None:
+        from grader.platforms.nbgrader import exchange_submissions
+
+        listed = exchange_submissions(args.submissions, args.nbgrader_assignment)
+    else:
+        listed = find_submissions(args.submissions)  # the folder is walked once, whatever the back-end
     if args.kubernetes:
         from grader.platforms.kubernetes import write_manifest
 
@@ -290,9 +290,7 @@ def _batch(args: argparse.Namespace) -> int:
         if summary is None:
             return 0
     else:
-        summary = run_batch(
-            submissions, args.output, _model(args), _config(args), args.checks, args.workers, gpus
-        )
+        summary = run_batch(listed, args.output, _model(args), _config(args), args.checks, args.workers, gpus)
     print_summary(summary, args.output)
     print(f"class report: {args.output / 'report.html'}")
     if args.nbgrader_db is not None:
