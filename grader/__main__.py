@@ -15,7 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from grader.config import SANDBOX_MODES
 from lab_utils.errors import LabError
+from lab_utils.files import readable_folder, shown
 from lab_utils.models import model_from_env, resolve_model
 
 COMMANDS = ("release", "batch", "gradebook", "report", "gradescope", "verify")
@@ -38,9 +40,10 @@ def _common(parser: argparse.ArgumentParser, grading: bool = True) -> None:
         parser.add_argument("--cell-timeout", type=float, default=None, help="seconds per cell (default 600)")
         parser.add_argument(
             "--sandbox",
-            choices=("auto", "bwrap", "basic", "none"),
+            choices=SANDBOX_MODES,
             default=None,
-            help="how the learner's kernel is isolated (default auto: bubblewrap when installed, else basic)",
+            help="how the learner's kernel is isolated (default auto: bubblewrap when installed, else "
+            "namespaces the grader builds itself; none runs it with your privileges, and says so)",
         )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
 
@@ -187,6 +190,9 @@ def _model(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as \xff escapes
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     command = argv[0] if argv and argv[0] in COMMANDS else "grade"
     args = _parsers()[command].parse_args(argv[1:] if command != "grade" else argv)
     try:
@@ -307,15 +313,28 @@ def _gradebook(args: argparse.Namespace) -> int:
     from grader.outputs.report import write_report
     from grader.platforms.slurm import reconcile
 
+    _results_folder(args.results)
     reconcile(args.results)  # a --no-wait Slurm array's stopped tasks get their reports first
     print_summary(write_gradebook(args.results), args.results)
     print(f"class report: {write_report(args.results)}")
     return 0
 
 
+def _results_folder(results: Path) -> None:
+    """A results folder to summarise: readable, with at least one submission's report (or a Slurm
+    array's records, which reconcile turns into reports)."""
+    readable_folder(results, "results folder")
+    if not any(results.glob("*/report.json")) and not any(results.glob("slurm/*")):
+        raise LabError(
+            f"results folder '{shown(results)}' holds no graded submissions (no */report.json): grade "
+            "them first with python -m grader batch SUBMISSIONS -o RESULTS"
+        )
+
+
 def _report(args: argparse.Namespace) -> int:
     from grader.outputs.report import write_report
 
+    _results_folder(args.results)
     print(f"wrote {write_report(args.results, args.output)}")
     return 0
 
@@ -335,8 +354,12 @@ def _verify(args: argparse.Namespace) -> int:
     from grader.outputs.console import print_checks
 
     config = _config(args)
-    if not args.artefacts.is_dir():
-        raise LabError(f"artefact folder '{args.artefacts}' does not exist")
+    readable_folder(args.artefacts, "artefact folder")
+    if not (args.artefacts / "manifest.json").is_file():
+        raise LabError(
+            f"artefact folder '{shown(args.artefacts)}' has no manifest.json: give a folder the "
+            "grader's artefact cell saved"
+        )
     only = (
         (lambda name: config.checks[name].visibility == "visible")
         if args.visible_only

@@ -6,6 +6,7 @@ slow or crashing submission never affects another; a hard timeout kills the whol
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -15,8 +16,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -35,6 +37,7 @@ from grader.outputs.gradebook import write_gradebook
 from grader.outputs.report import write_report
 from grader.types import GradeReport, submission_key
 from lab_utils.errors import LabError
+from lab_utils.files import readable_folder, shown
 from lab_utils.models import ModelSpec
 
 GRADE_MARGIN = 300.0  # s beyond the notebook's total timeout for loading models and verifying
@@ -78,22 +81,44 @@ class Submission:
 
 
 def find_submissions(folder: Path) -> list[Submission]:
-    """Every ``*.ipynb`` under ``folder`` (checkpoints skipped), with a results-folder id per file."""
-    if not folder.is_dir():
-        raise LabError(f"submissions folder '{folder}' does not exist")
+    """Every ``*.ipynb`` under ``folder`` (checkpoints skipped), with a results-folder id per file.
+
+    Symbolic links to folders are not followed (a loop cannot trap the walk) and folders that cannot
+    be read are passed over; an entry named ``*.ipynb`` that is not a readable notebook — a folder,
+    a broken link, an empty file — is still a submission: its grading fails with the line that
+    says why, so the student is not silently left out.
+    """
+    readable_folder(folder, "submissions folder")
     found = []
-    for path in sorted(folder.rglob("*.ipynb")):
-        if ".ipynb_checkpoints" in path.parts:
-            continue
-        relative = path.relative_to(folder).with_suffix("").as_posix()
-        found.append(Submission(re.sub(r"[^\w.-]+", "__", relative), path))
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if d != ".ipynb_checkpoints" and not d.endswith(".ipynb"))
+        entries = sorted(files + [d for d in os.listdir(root) if d.endswith(".ipynb") and d not in files])
+        for name in entries:
+            if not name.endswith(".ipynb"):
+                continue
+            path = Path(root, name)
+            relative = path.relative_to(folder).with_suffix("").as_posix()
+            found.append(Submission(re.sub(r"[^\w.-]+", "__", relative), path))
     if not found:
-        raise LabError(f"submissions folder '{folder}' has no .ipynb files")
-    return found
+        raise LabError(f"submissions folder '{shown(folder)}' has no .ipynb files")
+    # names that differ only in characters a folder name cannot keep ("a b", "a?b", undecodable
+    # bytes) would share a results folder: each of those gets a digest of its own path
+    counts = Counter(s.id for s in found)
+    found = [
+        replace(s, id=f"{s.id}-{hashlib.sha256(os.fsencode(s.path)).hexdigest()[:8]}")
+        if counts[s.id] > 1
+        else s
+        for s in found
+    ]
+    return sorted(found, key=lambda s: s.id)
 
 
 def key_of(submission: Submission, config: GradingConfig, model: ModelSpec) -> str:
-    return submission_key(submission.path.read_bytes(), config, model.key)
+    try:
+        content = submission.path.read_bytes()
+    except OSError as error:  # not a readable file: its grading says so; the key still changes with it
+        content = f"unreadable: {error.strerror}".encode()
+    return submission_key(content, config, model.key)
 
 
 def already_graded(submission: Submission, results: Path, config: GradingConfig, model: ModelSpec) -> bool:

@@ -16,7 +16,7 @@ cell = 600
 total = 1800
 
 [limits]                    # for the learner's kernel (grader/execute/sandbox.py)
-sandbox = "auto"            # auto | bwrap | basic | none
+sandbox = "auto"            # auto | bwrap | namespaces | none
 
 [checks.pixel_difference]   # one table per check: points, visibility, step, and its own options
 points = 2
@@ -39,9 +39,10 @@ from typing import Any
 from grader.checks import CHECKS
 from grader.types import Option, at_least, one_of, positive, show
 from lab_utils.errors import LabError
+from lab_utils.files import readable_file, shown
 from lab_utils.targets import TARGET_PRESETS
 
-SANDBOX_MODES = ("auto", "bwrap", "basic", "none")
+SANDBOX_MODES = ("auto", "bwrap", "namespaces", "none")
 VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")  # Gradescope's
 
 
@@ -132,7 +133,7 @@ class Timeouts:
 class Limits:
     """The learner's kernel: how it is isolated and what it may use (grader/execute/sandbox.py)."""
 
-    sandbox: str = setting("auto", "auto | bwrap | basic | none", str, one_of(SANDBOX_MODES))
+    sandbox: str = setting("auto", "auto | bwrap | namespaces | none", str, one_of(SANDBOX_MODES))
     memory_gb: float = setting(16.0, "CPU memory of all its processes", (int, float), positive)
     processes: int = setting(512, "processes and threads", int, positive)
     file_size_mb: float = setting(4096.0, "the largest file it may write", (int, float), positive)
@@ -239,13 +240,13 @@ class GradingConfig:
 
 def load_config(path: str | Path) -> GradingConfig:
     """Read and validate a checks file; any problem is one LabError naming the file and key."""
-    path = Path(path)
+    path = readable_file(path, "checks file")
     try:
         data = tomllib.loads(path.read_text())
     except OSError as error:
-        raise LabError(f"checks file '{path}' cannot be read: {error.strerror or error}") from None
+        raise LabError(f"checks file '{shown(path)}' cannot be read: {error.strerror or error}") from None
     except UnicodeDecodeError:
-        raise LabError(f"checks file '{path}' is not UTF-8 text") from None
+        raise LabError(f"checks file '{shown(path)}' is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
-        raise LabError(f"checks file '{path}' is not valid TOML: {error}") from None
-    return GradingConfig.from_tables(data, str(path))
+        raise LabError(f"checks file '{shown(path)}' is not valid TOML: {error}") from None
+    return GradingConfig.from_tables(data, shown(path))

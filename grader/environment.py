@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from lab_utils.errors import LabError
+from lab_utils.files import shown
 from lab_utils.models import ModelSpec
 from lab_utils.tiny import tiny_model_dir
 
@@ -42,13 +45,21 @@ def model_identity(spec: ModelSpec) -> dict:
         return {"model": model, "kind": spec.kind, "hash": None}
     folder = tiny_model_dir() if spec.kind == "tiny" else Path(spec.source)
     digest = hashlib.sha256()
-    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+    if folder.is_file():
+        files = [folder]
+    else:  # links are not followed: a loop in a pod folder cannot trap the walk
+        files = sorted(Path(root, name) for root, _, names in os.walk(folder) for name in names)
     for path in files:
-        if path.suffix in {".json", ".txt"}:
-            digest.update(path.name.encode() + path.read_bytes())
-        elif path.suffix in {".safetensors", ".bin", ".ckpt"}:
-            with path.open("rb") as handle:
-                digest.update(f"{path.name}:{path.stat().st_size}".encode() + handle.read(_CHUNK))
+        try:
+            if path.suffix in {".json", ".txt"}:
+                digest.update(path.name.encode() + path.read_bytes())
+            elif path.suffix in {".safetensors", ".bin", ".ckpt"}:
+                with path.open("rb") as handle:
+                    digest.update(f"{path.name}:{path.stat().st_size}".encode() + handle.read(_CHUNK))
+        except OSError as error:
+            raise LabError(
+                f"model file '{shown(path)}' cannot be read ({error.strerror}): check its permissions"
+            ) from None
     identity = {"model": model, "kind": spec.kind, "hash": digest.hexdigest()[:16]}
     return identity
 

@@ -21,6 +21,7 @@ from grader.checks import verify
 from grader.config import GradingConfig
 from grader.environment import fingerprint
 from grader.execute.run import execute_notebook, latest_snapshot
+from grader.execute.sandbox import runs_root
 from grader.files import write_json
 from grader.notebook import read_notebook
 from grader.outputs.feedback import write_feedback
@@ -80,10 +81,12 @@ def grade_notebook(
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
     save()
-    with tempfile.TemporaryDirectory(prefix="sd-lora-lab-artefacts-") as tmp:
-        # 1. execute: the learner's code runs in a sandboxed kernel, never in this process
+    with tempfile.TemporaryDirectory(prefix="artefacts-", dir=runs_root()) as tmp:
+        # 1. execute: the learner's code runs in a sandboxed kernel, never in this process; it sees
+        # neither the submission's folder (in a batch: every other submission) nor the results
         artefact_dir = Path(tmp)
-        execution = execute_notebook(nb, spec, artefact_dir, config)
+        private = (path.resolve().parent, *((output.resolve(), output.resolve().parent) if output else ()))
+        execution = execute_notebook(nb, spec, artefact_dir, config, hidden=private)
         # 2. artefacts: files only, every field checked (the kernel could write anything)
         snapshot = latest_snapshot(artefact_dir)
         artefacts = read_artefacts(snapshot)

@@ -9,22 +9,21 @@ from pathlib import Path
 import nbformat
 
 from lab_utils.errors import LabError
-from lab_utils.files import atomic_path
+from lab_utils.files import atomic_path, readable_file, shown
 
 
 def read_notebook(path: Path) -> nbformat.NotebookNode:
     """Read and validate a notebook; a missing, corrupt or non-notebook file is one clear LabError."""
-    if not path.is_file():
-        raise LabError(f"notebook '{path}' does not exist")
+    readable_file(path, "notebook")
     try:
         nb = nbformat.from_dict(nbformat.read(path, as_version=4))  # old formats come back as v2 nodes
     except Exception as error:  # nbformat raises several types for malformed files
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise LabError(f"'{path}' is not a notebook: {first}") from None
+        raise LabError(f"'{shown(path)}' is not a notebook: {shown(first)}") from None
     try:
         nbformat.validate(nb)
     except nbformat.ValidationError as error:
-        raise LabError(f"'{path}' is not a valid notebook: {str(error).splitlines()[0]}") from None
+        raise LabError(f"'{shown(path)}' is not a valid notebook: {str(error).splitlines()[0]}") from None
     return nb
 
 

@@ -16,6 +16,8 @@ the committed file no longer matches the catalogue's verdicts (see tests/test_ad
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +39,12 @@ class Case:
     measured: dict[str, str] = field(default_factory=dict)  # check name → its exact "measured" text
     config: dict = field(default_factory=dict)  # checks-file tables for this grading
     kind: str = "notebook"  # "notebook" | "file" (through the CLI) | "artefacts"
-    needs: str = ""  # "bwrap" | "cgroup": skipped where the machine cannot enforce it
+    needs: str = ""  # "cgroup": skipped where the machine cannot enforce it
+
+    @property
+    def sandboxed(self) -> bool:
+        """Executed in a kernel: graded in each sandbox the grader picks by itself."""
+        return self.kind == "notebook"
 
 
 def text_file(content: bytes, name: str = "submission.ipynb") -> Callable[[Path], Path]:
@@ -95,6 +102,17 @@ def stored_outputs_lie(tmp: Path) -> Path:
 
 CANARY_NAME = "canary.txt"  # written by the test beside the submission, outside the sandbox
 GRADER_FILE = ROOT / "grader" / "checks" / "__init__.py"
+SANDBOXES = {  # how the grader is left to pick its sandbox (auto) in each run of the catalogue
+    "bwrap": "bubblewrap installed",
+    "namespaces": "bubblewrap hidden from PATH",
+}
+
+
+def tmp_canary(tmp: Path) -> Path:
+    """A file straight in the system's /tmp, one per test (written by it, outside the sandbox)."""
+    digest = hashlib.sha256(str(tmp).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"sd-lora-lab-canary-{digest}.txt"
+
 
 PATCH_EVERYTHING = """
 import numpy as np, PIL.Image, torch
@@ -149,7 +167,7 @@ ga.save_artefacts = forged_save
 ESCAPE_FILES = """
 import os, pathlib, subprocess
 hits = []
-for target in [CANARY, GRADER_FILE]:
+for target in [CANARY, TMP_CANARY, GRADER_FILE]:
     try:
         with open(target, "a") as f:
             f.write("pwned")
@@ -157,6 +175,7 @@ for target in [CANARY, GRADER_FILE]:
     except OSError as error:
         print("blocked:", error)
 subprocess.run(["sh", "-c", f"echo pwned > {os.path.dirname(CANARY)}/dropped.txt"])
+subprocess.run(["sh", "-c", f"echo pwned > {TMP_CANARY}.dropped"])
 assert not hits, f"wrote outside the sandbox: {hits}"
 """
 
@@ -169,7 +188,9 @@ for p in visible:
         cmdlines.append(open(f"/proc/{p}/cmdline").read())
     except OSError:
         pass
-grader = [c for c in cmdlines if "pytest" in c or ("grader" in c and "grader.execute.kernel" not in c)]
+# the kernel's own wrapper (bubblewrap, or the launcher's init) names the kernel: anything else
+# that names pytest or the grader is the grader
+grader = [c for c in cmdlines if "grader.execute.kernel" not in c and ("pytest" in c or "grader" in c)]
 assert not grader, f"the grader's process is visible: {grader[:1]}"
 for pid in visible:
     if int(pid) != os.getpid() and int(pid) > 1:
@@ -276,19 +297,19 @@ CASES: list[Case] = [
     ),
     Case(
         "writing outside the working directory",
-        "appends to a file beside the submission and to the grader's own source; a shell drops a file",
+        "appends to a file beside the submission, one in /tmp and the grader's own source; a shell "
+        "drops files beside the submission and in /tmp",
         lambda tmp: cells(
-            f"CANARY = {str(tmp / CANARY_NAME)!r}\nGRADER_FILE = {str(GRADER_FILE)!r}\n{ESCAPE_FILES}"
+            f"CANARY = {str(tmp / CANARY_NAME)!r}\nTMP_CANARY = {str(tmp_canary(tmp))!r}\n"
+            f"GRADER_FILE = {str(GRADER_FILE)!r}\n{ESCAPE_FILES}"
         )(tmp),
         reasons={"parameter_count": "no LoRA adapter was found"},
-        needs="bwrap",
     ),
     Case(
         "reading and killing the grader",
         "looks for the grader's process in /proc to read its arguments and SIGKILLs every process it sees",
         cells(FIND_GRADER),
         reasons={"parameter_count": "no LoRA adapter was found"},
-        needs="bwrap",
     ),
     Case(
         "network access",
@@ -435,7 +456,14 @@ CASES: list[Case] = [
 ]
 
 
-RESULTS: dict[str, dict] = {}  # case name → what the grader decided (filled by the tests)
+RESULTS: dict[tuple[str, str], dict] = {}  # (case, sandbox or "") → what the grader decided (the tests)
+
+
+def runs() -> list[tuple[Case, str]]:
+    """Every grading of the catalogue: an executed notebook once per sandbox, the rest once."""
+    return [(c, sandbox) for c in CASES for sandbox in (SANDBOXES if c.sandboxed else [""])]
+
+
 FUZZ: dict[str, int] = {}  # fuzz target → inputs tried (filled by the property-based tests)
 KINDS = {
     "notebook": "notebook executed",
@@ -444,19 +472,28 @@ KINDS = {
 }
 
 
-def render_reliability(results: dict[str, dict], fuzz: dict[str, int]) -> str:
-    """docs/RELIABILITY.md for a run that graded every case."""
+def render_reliability(
+    results: dict[tuple[str, str], dict], fuzz: dict[str, int], modes: dict[str, dict]
+) -> str:
+    """docs/RELIABILITY.md for a run that graded every case (``modes``: what each sandbox enforced)."""
     rows = []
     for case in CASES:
-        result = results[case.name]
+        graded = [results[(case.name, sandbox)] for sandbox in (SANDBOXES if case.sandboxed else [""])]
+        verdicts = [r["verdict"] for r in graded] if case.sandboxed else [graded[0]["verdict"], "—"]
         rows.append(
-            f"| {case.name} | {case.attack} | {KINDS[case.kind]} | {result['verdict']} | "
-            f"{result['reason']} | "
-            f"{'yes' if result['as_expected'] else '**NO**'} |"
+            f"| {case.name} | {case.attack} | {KINDS[case.kind]} | {' | '.join(verdicts)} | "
+            f"{graded[0]['reason']} | "
+            f"{'yes' if all(r['as_expected'] for r in graded) else '**NO**'} |"
         )
     false_passes = sum(1 for r in results.values() if r["false_pass"])
     crashes = sum(1 for r in results.values() if r["crash"])
+    escapes = sum(1 for r in results.values() if r["escaped"])
+    expected = sum(r["as_expected"] for r in results.values())
     fuzz_lines = [f"- {target}: {count} generated inputs" for target, count in sorted(fuzz.items())]
+    attempts = list(next(iter(modes.values()))) if modes else []
+    mode_rows = [
+        f"| {mode} | " + " | ".join(found[a] for a in attempts) + " |" for mode, found in modes.items()
+    ]
     return "\n".join(
         [
             "# Reliability: the adversarial catalogue",
@@ -464,17 +501,31 @@ def render_reliability(results: dict[str, dict], fuzz: dict[str, int]) -> str:
             "Written by `HF_HUB_OFFLINE=1 python -m pytest tests/test_adversarial.py --write-reliability`;",
             "every test run compares the committed file with its own verdicts and fails when it is stale.",
             "Each submission below is graded by the real grader on the built-in model: a notebook is",
-            "executed in the sandbox (bubblewrap where installed; CI installs it), a file goes through the",
+            "executed in the sandbox the grader picks by itself — once with bubblewrap installed and once",
+            "with it hidden from PATH (the grader then builds its own namespaces) — a file goes through the",
             "CLI, and artefacts — the lab's steps with a mistake, saved by the grader's own saver — go",
-            "straight to the checks. A case whose verdict differs from the expected one fails the test run.",
-            "See `grader/execute/sandbox.py` for what each sandbox mode enforces.",
+            "straight to the checks. A case whose verdict differs from the expected one, or an executed",
+            "notebook that changed a file outside its sandbox, fails the test run.",
             "",
-            f"**Totals: {len(CASES)} cases tried · false passes {false_passes} · grader crashes {crashes} · "
-            f"verdicts as expected {sum(r['as_expected'] for r in results.values())}/{len(CASES)}.**",
+            f"**Totals: {len(CASES)} cases, {len(results)} gradings · false passes {false_passes} · "
+            f"escapes {escapes} · grader crashes {crashes} · "
+            f"verdicts as expected {expected}/{len(results)}.**",
             "",
-            "| submission | what it tries | graded as | verdict | the grader's reason | as expected |",
-            "|---|---|---|---|---|---|",
+            "| submission | what it tries | graded as | verdict (bubblewrap) | verdict (bubblewrap hidden) "
+            "| the grader's reason | as expected |",
+            "|---|---|---|---|---|---|---|",
             *rows,
+            "",
+            "## What each sandbox mode enforces on this machine",
+            "",
+            "A probe started by the sandbox's own launcher (grader/execute/launcher.py), as the grader",
+            'starts a kernel, tries each of these; "blocked" is what it saw. `--sandbox auto` (the',
+            "default) takes bwrap, else namespaces, else refuses to grade; `none` only when asked for,",
+            "and every report graded so says so.",
+            "",
+            "| mode | " + " | ".join(attempts) + " |",
+            "|---|" + "---|" * len(attempts),
+            *(mode_rows or ["| (not run) |"]),
             "",
             "## Property-based fuzzing (hypothesis)",
             "",
@@ -489,10 +540,13 @@ def render_reliability(results: dict[str, dict], fuzz: dict[str, int]) -> str:
 
 def verdict_rows(text: str) -> list[tuple[str, ...]]:
     """The rows of a rendered report without the reason column (it quotes machine-specific error
-    text such as a resolver's message): name, attack, graded as, verdict, as expected."""
+    text such as a resolver's message): name, attack, graded as, both verdicts, as expected; and
+    the sandbox modes' rows."""
     rows = []
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip("|").split(" | ")]
-        if line.startswith("| ") and len(cells) == 6 and cells[0] != "submission":
-            rows.append((cells[0], cells[1], cells[2], cells[3], cells[5]))
+        if line.startswith("| ") and len(cells) == 7 and cells[0] != "submission":
+            rows.append((cells[0], cells[1], cells[2], cells[3], cells[4], cells[6]))
+        elif line.startswith("| ") and cells[0] != "mode" and len(cells) not in (6, 7):
+            rows.append(tuple(cells))
     return rows

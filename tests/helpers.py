@@ -314,3 +314,16 @@ class SlurmCluster:
                 time.sleep(0.1)
             else:
                 os.kill(pid, signal.SIGKILL)
+
+
+def path_without(program: str, folder: Path) -> str:
+    """A PATH with every program of this one except ``program``: links to them in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        if not os.path.isdir(directory):
+            continue
+        for entry in os.scandir(directory):
+            link = folder / entry.name
+            if entry.name != program and not link.exists() and not link.is_symlink():
+                link.symlink_to(entry.path)
+    return str(folder)

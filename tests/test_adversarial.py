@@ -28,17 +28,20 @@ from adversarial import (
     ROOT,
     Case,
     render_reliability,
+    runs,
+    tmp_canary,
     verdict_rows,
 )
-from helpers import config, grade_artefacts
+from helpers import config, grade_artefacts, path_without
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from grader import GradingConfig, grade_notebook, load_config
-from grader.execute.sandbox import bwrap_works, can_limit_processes, descendants
+from grader.execute.sandbox import bwrap_works, can_limit_processes, descendants, namespaces_problem
 from grader.grade import reflections
 from grader.notebook import cell_steps, read_notebook
 from lab_utils.errors import LabError
+from lab_utils.files import shown
 
 MARGIN = 120.0  # seconds the grader may take beyond the notebook's own timeout (model load, checks)
 
@@ -57,18 +60,38 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-@pytest.mark.notebook
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_adversarial_submission(case: Case, tmp_path: Path, request) -> None:
-    if case.needs == "bwrap" and not bwrap_works():
+def pick_sandbox(sandbox: str, monkeypatch, request) -> None:
+    """Leave the grader to choose (auto) on a machine with bubblewrap, or with it hidden from PATH
+    (the PATH's folder lies outside the test's own, which the kernel does not see)."""
+    request.addfinalizer(bwrap_works.cache_clear)
+    if sandbox == "namespaces":
+        shared = request.getfixturevalue("tmp_path_factory").getbasetemp() / "path-without-bwrap"
+        monkeypatch.setenv("PATH", path_without("bwrap", shared))
+        bwrap_works.cache_clear()
+        if namespaces_problem() is not None:
+            pytest.skip(f"the grader cannot build namespaces here: {namespaces_problem()}")
+    elif not bwrap_works():
         pytest.skip("needs bubblewrap (apt install bubblewrap; .ci/run installs it)")
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize(
+    ("case", "sandbox"), runs(), ids=[f"{c.name} [{s}]" if s else c.name for c, s in runs()]
+)
+def test_adversarial_submission(case: Case, sandbox: str, tmp_path: Path, monkeypatch, request) -> None:
     if case.needs == "cgroup" and not can_limit_processes():
         pytest.skip("running as root without a writable pids control group: a fork bomb is not containable")
+    if sandbox:
+        pick_sandbox(sandbox, monkeypatch, request)
     canary = tmp_path / CANARY_NAME
     canary.write_text("untouched")
+    outside = tmp_canary(tmp_path)
+    outside.write_text("untouched")
+    request.addfinalizer(lambda: [p.unlink(missing_ok=True) for p in (outside, Path(f"{outside}.dropped"))])
     grader_digest = _digest(GRADER_FILE)
     record = {"verdict": "", "reason": "", "false_pass": False, "crash": False, "as_expected": False}
-    RESULTS[case.name] = record
+    record["escaped"] = False
+    RESULTS[(case.name, sandbox)] = record
 
     if case.kind == "file":
         path = case.build(tmp_path)
@@ -130,13 +153,16 @@ def test_adversarial_submission(case: Case, tmp_path: Path, request) -> None:
         assert written["score"] == report.score
         assert descendants(os.getpid()) - before == set()
         assert report.seconds < grading.timeouts.total + MARGIN
-        # nothing outside the sandbox changed
-        if report.execution["sandbox"] == "bwrap":
-            assert canary.read_text() == "untouched"
-            assert _digest(GRADER_FILE) == grader_digest
-            assert not (tmp_path / "dropped.txt").exists()
-        if bwrap_works():
-            assert report.execution["sandbox"] == "bwrap"  # auto picks bubblewrap when it is installed
+        # nothing outside the sandbox changed: beside the submission, in /tmp, in the grader
+        record["escaped"] = (
+            canary.read_text() != "untouched"
+            or outside.read_text() != "untouched"
+            or _digest(GRADER_FILE) != grader_digest
+            or (tmp_path / "dropped.txt").exists()
+            or Path(f"{outside}.dropped").exists()
+        )
+        assert not record["escaped"], "the notebook changed a file outside its sandbox"
+        assert report.execution["sandbox"] == sandbox  # what auto picks: bubblewrap, else namespaces
     record["as_expected"] = True
 
 
@@ -283,7 +309,7 @@ scalar = (
     | st.floats()
     | st.text(max_size=12)
     | st.sampled_from(
-        ["attn", "cross", "self", "full", "visible", "hidden", "auto", "bwrap", "basic", "none"]
+        ["attn", "cross", "self", "full", "visible", "hidden", "auto", "bwrap", "namespaces", "none"]
     )
 )
 value = scalar | st.lists(scalar, max_size=3)
@@ -326,7 +352,283 @@ def test_fuzz_checks_file_loader(text: str) -> None:
         assert isinstance(config, GradingConfig)
         timeouts = config.timeouts
         assert config.max_score >= 0 and timeouts.cell > 0 and math.isfinite(timeouts.total)
-        assert config.limits.sandbox in ("auto", "bwrap", "basic", "none") and config.limits.memory_gb > 0
+        assert (
+            config.limits.sandbox in ("auto", "bwrap", "namespaces", "none") and config.limits.memory_gb > 0
+        )
+
+
+ADAPTER_KEYS = st.sampled_from(
+    [
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight",
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight",
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.alpha",
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight",
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight",
+        "base_model.model.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k.lora_A.weight",
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight",
+        "something.else",
+    ]
+) | st.text(max_size=30)
+shapes = st.lists(st.integers(0, 6), max_size=3)
+
+
+@st.composite
+def adapter_files(draw) -> bytes:
+    """Safetensors-shaped bytes: a header of adapter-like keys, shapes, dtypes and offsets (often
+    inconsistent), metadata, a body of random length — or arbitrary bytes."""
+    if draw(st.integers(0, 5)) == 0:
+        return draw(st.binary(max_size=200))
+    header: dict = {}
+    offset = 0
+    for key in draw(st.lists(ADAPTER_KEYS, max_size=5, unique=True)):
+        shape = draw(shapes)
+        dtype = draw(st.sampled_from(["F32", "F16", "BF16", "I64", "BOOL", "X9"]))
+        size = (4 if dtype == "F32" else 2) * math.prod(shape)
+        size = draw(st.sampled_from([size, size, max(0, size - 2), size + 4]))
+        header[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    if draw(st.booleans()):
+        header["__metadata__"] = draw(
+            st.dictionaries(
+                st.sampled_from(["ss_network_alpha", "ss_network_dim", "lora_adapter_metadata", "x"]),
+                st.text(max_size=20) | st.just('{"unet.r": 4}'),
+                max_size=3,
+            )
+        )
+    body = json.dumps(header).encode()
+    length = draw(st.sampled_from([len(body), len(body), len(body) + 7, 10**12]))
+    return length.to_bytes(8, "little") + body + bytes(draw(st.integers(0, max(0, offset + 8))))
+
+
+@FUZZ_SETTINGS
+@given(content=adapter_files(), as_folder=st.sampled_from([None, "peft", "diffusers"]), config=json_values)
+def test_fuzz_adapter_reader(content: bytes, as_folder, config) -> None:
+    """Any adapter file a learner or a client could hand in: read, or one line naming it."""
+    from lab_utils.adapters.load import AdapterFile, read_adapter_file
+
+    _count("adapter reader (safetensors-shaped bytes: kohya, diffusers and PEFT keys, metadata)")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        if as_folder == "peft":
+            (folder / "adapter_config.json").write_text(json.dumps(config))
+            path = folder / "adapter_model.safetensors"
+        elif as_folder == "diffusers":
+            path = folder / "pytorch_lora_weights.safetensors"
+        else:
+            path = folder / "lora.safetensors"
+        path.write_bytes(content)
+        try:
+            found = read_adapter_file(folder if as_folder else path)
+        except LabError as error:
+            assert str(error) and "\n" not in str(error).strip()
+            return
+        assert isinstance(found, AdapterFile)
+
+
+ENTRY_NAMES = st.sampled_from(
+    [
+        b"alice.ipynb",
+        b"bob.ipynb",
+        b".ipynb_checkpoints",
+        b"sub",
+        b"\xff.ipynb",
+        b"caf\xc3\xa9.ipynb",
+        b"x.txt",
+        b"dir.ipynb",
+        b"a b.ipynb",
+    ]
+)
+entries = st.lists(
+    st.tuples(
+        st.lists(st.sampled_from([b"sub", b"deep", b".ipynb_checkpoints", b"\xfe"]), max_size=2),
+        ENTRY_NAMES,
+        st.sampled_from(["file", "empty", "folder", "loop", "up", "broken"]),
+    ),
+    max_size=8,
+)
+
+
+@FUZZ_SETTINGS
+@given(tree=entries)
+def test_fuzz_submissions_walk(tree) -> None:
+    """Any class folder — odd names, folders named .ipynb, links that loop or point up, broken
+    links: the walk ends, lists each notebook-named entry once with a distinct id, or says in one
+    line that there is none."""
+    from grader.batch import find_submissions
+
+    _count("submissions folder walk (odd names, loops, links up, broken links, folders named .ipynb)")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "subs"
+        root.mkdir()
+        for parents, name, kind in tree:
+            folder = Path(os.fsdecode(b"/".join([os.fsencode(root), *parents])))
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError:  # an earlier entry made a file of that name
+                continue
+            path = folder / os.fsdecode(name)
+            if os.path.lexists(path):
+                continue
+            if kind == "file":
+                path.write_text("{}")
+            elif kind == "empty":
+                path.write_bytes(b"")
+            elif kind == "folder":
+                path.mkdir()
+            elif kind == "loop":
+                path.symlink_to(path.name)
+            elif kind == "up":
+                path.symlink_to(root)
+            else:
+                path.symlink_to(root / "nowhere")
+        try:
+            found = find_submissions(root)
+        except LabError as error:
+            assert "has no .ipynb files" in str(error) and "\n" not in str(error)
+            return
+        ids = [s.id for s in found]
+        assert len(ids) == len(set(ids)) and all(s.path.name.endswith(".ipynb") for s in found)
+        assert not any(".ipynb_checkpoints" in s.path.parts for s in found)
+        shown(str(found[0].path)).encode("utf-8")  # every path prints
+
+
+# --- what each sandbox mode enforces (rendered into docs/RELIABILITY.md) -----------------------------
+
+MODES: dict[str, dict[str, str]] = {}  # mode → attempt → "blocked" | "possible"
+MODE_PROBE = """
+import json, os, socket
+a = json.loads(os.environ["SD_LORA_LAB_PROBE"])
+def attempt(action):
+    try:
+        return "possible" if action() is not False else "blocked"
+    except OSError:
+        return "blocked"
+def signal_grader():
+    os.kill(a["pid"], 0)
+    return open(f"/proc/{a['pid']}/cmdline", "rb").read() == a["cmdline"].encode()
+found = {
+    "write a file in /tmp": attempt(lambda: open(a["tmp"], "a").write("x")),
+    "write beside the submission": attempt(lambda: open(a["beside"], "a").write("x")),
+    "write into the grader's package": attempt(lambda: open(a["package"], "x").close()),
+    "list the other submissions": attempt(lambda: bool(os.listdir(a["folder"]))),
+    "see or signal the grader": attempt(signal_grader),
+    "reach a network interface": attempt(lambda: any(n != "lo" for _, n in socket.if_nameindex())),
+    "keep a capability": attempt(lambda: any(
+        l.split()[1].strip("0") for l in open("/proc/self/status") if l.startswith("CapEff"))),
+}
+print(json.dumps(found))
+"""
+
+
+def _probe_mode(
+    spec_path: Path,
+    env: dict[str, str],
+    args: dict,
+    as_user: list[str] | None = None,
+    python: str = sys.executable,
+) -> dict:
+    env = {**env, "SD_LORA_LAB_PROBE": json.dumps(args)}
+    launcher = [python, "-m", "grader.execute.launcher", str(spec_path), "--"]  # standard library only
+    result = subprocess.run(
+        [*(as_user or []), *launcher, python, "-c", MODE_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _reachable_by_anyone(program: str) -> bool:
+    """Whether a user without privileges may run ``program``: every folder above it searchable by all."""
+    path = Path(os.path.realpath(program))
+    return path.is_file() and all(os.stat(p).st_mode & 0o001 for p in [path, *path.parents])
+
+
+def test_each_sandbox_mode_blocks_what_it_claims(tmp_path: Path, monkeypatch, request) -> None:
+    """The launcher as the grader starts it, with a probe instead of a kernel: bubblewrap and the
+    grader's own namespaces (as root; as an unprivileged user with user namespaces) block every
+    attempt; --sandbox none blocks none of them — which is why it must be asked for."""
+    import shutil
+    import uuid
+
+    from grader.config import Limits
+    from grader.execute.sandbox import PRIVATE, prepare
+
+    submissions = tmp_path / "submissions"
+    submissions.mkdir()
+    (submissions / "other-student.ipynb").write_text("{}")
+    outside = tmp_canary(tmp_path)
+    package = GRADER_FILE.parent / f".sandbox-probe-{uuid.uuid4().hex[:8]}"
+    request.addfinalizer(lambda: [p.unlink(missing_ok=True) for p in (outside, package)])
+    args = {
+        "tmp": str(outside),
+        "beside": str(submissions / "canary.txt"),
+        "package": str(package),
+        "folder": str(submissions),
+        "pid": os.getpid(),
+        "cmdline": Path("/proc/self/cmdline").read_text(),
+    }
+    modes = ["bwrap", "namespaces", "none"]
+    for mode in modes:
+        if mode == "bwrap" and not bwrap_works():
+            continue
+        if mode == "namespaces" and namespaces_problem() is not None:
+            continue
+        run_dir = tmp_path / mode
+        sandbox = prepare(run_dir, Limits(sandbox=mode), hidden=(submissions,))
+        try:
+            found = _probe_mode(run_dir / "sandbox-spec.json", sandbox.environment({}), args)
+        finally:
+            sandbox.kill_all()
+        label = {"namespaces": "namespaces (root)"}.get(mode, mode)
+        MODES[label] = found
+        for p in (outside, package, submissions / "canary.txt"):
+            p.unlink(missing_ok=True)
+    setpriv = shutil.which("setpriv")
+    python = next((p for p in (sys.executable, "/usr/bin/python3") if _reachable_by_anyone(p)), None)
+    if os.geteuid() == 0 and setpriv and python and namespaces_problem() is None:
+        # an unprivileged instructor: the namespaces start from a user namespace
+        base = Path(tempfile.mkdtemp(prefix="sd-lora-lab-unprivileged-"))
+        request.addfinalizer(lambda: shutil.rmtree(base, ignore_errors=True))
+        os.chmod(base, 0o755)  # the probe must reach the folders it is to be denied
+        run_dir, theirs = base / "run", base / "submissions"
+        theirs.mkdir(mode=0o777)
+        (theirs / "other-student.ipynb").write_text("{}")
+        for folder in (run_dir, *(run_dir / sub for sub in PRIVATE)):
+            folder.mkdir()
+            os.chown(folder, 65534, 65534)
+        spec = {
+            "mode": "namespaces",
+            "status": str(run_dir / "work" / "status.json"),
+            "cgroups": [],
+            "memory_bytes": 2**30,
+            "memory_cgroup": False,
+            "processes": 256,
+            "file_bytes": 2**20,
+            "writable": [str(run_dir / sub) for sub in PRIVATE],
+            "hidden": [str(theirs)],
+            "workdir": str(run_dir / "work"),
+        }
+        (run_dir / "spec.json").write_text(json.dumps(spec))
+        outside.touch()
+        os.chmod(outside, 0o666)
+        user = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+        env = {"PATH": os.environ["PATH"], "HOME": str(run_dir / "home"), "PYTHONPATH": str(ROOT)}
+        mine = {**args, "beside": str(theirs / "canary.txt"), "folder": str(theirs)}
+        try:
+            MODES["namespaces (unprivileged user)"] = _probe_mode(
+                run_dir / "spec.json", env, mine, user, python
+            )
+        finally:
+            outside.unlink(missing_ok=True)
+    for mode, found in MODES.items():
+        if mode == "none":
+            assert found["write a file in /tmp"] == "possible", found  # the probe can see an escape
+        else:
+            assert set(found.values()) == {"blocked"}, (mode, found)
 
 
 # --- docs/RELIABILITY.md ----------------------------------------------------------------------------
@@ -335,7 +637,9 @@ def test_fuzz_checks_file_loader(text: str) -> None:
 def test_reliability_report_lists_every_catalogue_case() -> None:
     """Without grading anything: a case added to the catalogue must appear in the committed report."""
     text = RELIABILITY.read_text()
-    assert f"{len(CASES)} cases tried · false passes 0 · grader crashes 0" in text
+    assert (
+        f"{len(CASES)} cases, {len(runs())} gradings · false passes 0 · escapes 0 · grader crashes 0" in text
+    )
     for case in CASES:
         assert f"| {case.name} | " in text and "**NO**" not in text
 
@@ -343,9 +647,11 @@ def test_reliability_report_lists_every_catalogue_case() -> None:
 def test_reliability_report_matches_this_run(request) -> None:
     """Runs last in this module (same worker as every case): the committed report must list this
     run's verdicts; ``--write-reliability`` rewrites it."""
-    if set(RESULTS) != {c.name for c in CASES}:
-        pytest.skip(f"{len(CASES) - len(RESULTS)} catalogue cases did not run here (skipped or deselected)")
-    text = render_reliability(RESULTS, FUZZ)
+    if set(RESULTS) != {(c.name, s) for c, s in runs()} or len(MODES) < 3:
+        pytest.skip(
+            f"{len(runs()) - len(RESULTS)} catalogue gradings did not run here (skipped or deselected)"
+        )
+    text = render_reliability(RESULTS, FUZZ, MODES)
     if request.config.getoption("--write-reliability"):
         RELIABILITY.write_text(text)
     committed = RELIABILITY.read_text() if RELIABILITY.is_file() else ""
@@ -355,5 +661,5 @@ def test_reliability_report_matches_this_run(request) -> None:
     )
     assert verdict_rows(committed) == verdict_rows(text), stale
     totals = next(line for line in text.splitlines() if line.startswith("**Totals:"))
-    assert totals in committed and "false passes 0 · grader crashes 0" in totals, stale
+    assert totals in committed and "false passes 0 · escapes 0 · grader crashes 0" in totals, stale
     assert all(f"{target}: {n} generated inputs" in committed for target, n in FUZZ.items()), stale

@@ -71,7 +71,7 @@ def write(tmp_path: Path, text: str) -> Path:
         ("[lora\nrank = 4", "is not valid TOML"),
         ("grading = true", "unknown key 'grading'"),
         ("[timeouts]\ncell = inf", "[timeouts].cell must be a finite number"),
-        ("[limits]\nsandbox = 'docker'", "[limits] sandbox must be one of auto, bwrap, basic, none"),
+        ("[limits]\nsandbox = 'docker'", "[limits] sandbox must be one of auto, bwrap, namespaces, none"),
         ("[limits]\nmemory_gb = 0", "[limits] memory_gb must be positive"),
         ("[limits]\ngpu_memory_fraction = 1.5", "gpu_memory_fraction must be in (0, 1]"),
         ("[limits]\nprocesses = 2.5", "[limits].processes must be int"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import layouts
 import numpy as np
 import pytest
 import torch
@@ -124,11 +125,144 @@ def test_folder_without_model_index_and_file_without_config(tmp_path):
         lab_utils.load_pipeline(str(tmp_path))
     checkpoint = tmp_path / "sd15.safetensors"
     checkpoint.write_bytes(b"")
-    with pytest.raises(lab_utils.LabError, match="needs config=<local diffusers folder"):
+    with pytest.raises(lab_utils.LabError, match=r"is empty \(0 bytes\)"):
         lab_utils.load_pipeline(str(checkpoint))
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(lab_utils.LabError, match="not a .safetensors or .ckpt"):
         lab_utils.load_pipeline(str(tmp_path / "notes.txt"))
+
+
+# --- model folders as pods have them (tests/layouts.py builds each from the built-in weights) -------
+
+LAYOUTS = {
+    "fp16 variant only": (layouts.fp16_only, 1e-3),
+    ".bin only": (layouts.bin_only, 0.0),
+    "safetensors and fp16 mixed": (layouts.mixed, 1e-3),
+    "classic: CLIPFeatureExtractor, safety checker, PNDM": (layouts.classic, 0.0),
+    "classic: CLIPImageProcessor": (lambda t: layouts.classic(t, "CLIPImageProcessor"), 0.0),
+    "single file (LDM keys) beside its configs": (lambda t: layouts.single_file(t, True).parent, 0.0),
+    "single file (LDM keys) alone, given as its path": (lambda t: layouts.single_file(t, False), 0.0),
+    "single file (LDM keys) alone, given as its folder": (
+        lambda t: layouts.single_file(t, False).parent,
+        0.0,
+    ),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_pod_folders_load_to_the_same_weights_without_library_noise(layout, pipe, tmp_path, capfd):
+    """Every layout loads — the single files through diffusers' own LDM conversion — to exactly the
+    built-in weights (fp16 files within their rounding), and loading prints nothing."""
+    build, tolerance = LAYOUTS[layout]
+    model = build(tmp_path / "model")
+    capfd.readouterr()
+    loaded = lab_utils.load_pipeline(str(model), device="cpu")
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", (out, err)
+    for name in ("unet", "vae", "text_encoder"):
+        mine, theirs = getattr(loaded, name).state_dict(), getattr(pipe, name).state_dict()
+        assert set(mine) == set(theirs), name
+        assert all(mine[k].dtype == torch.float32 for k in mine), name
+        worst = max((mine[k] - theirs[k]).abs().max().item() for k in mine)
+        assert worst <= tolerance * max(1.0, max(t.abs().max().item() for t in theirs.values())), (
+            name,
+            worst,
+        )
+    spec = lab_utils.resolve_model(str(model))
+    assert spec.variant == ("fp16" if "fp16" in layout else None)
+    assert spec.kind == ("single_file" if "single" in layout else "folder")
+
+
+def _sd1_checkpoint(folder, name="v1-5-pruned-emaonly.safetensors"):
+    """A file with the original SD 1.x U-Net's first key and shape: what a lone v1-5 file starts with."""
+    from safetensors.torch import save_file
+
+    save_file(
+        {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3)}, str(folder / name)
+    )
+    return folder / name
+
+
+def _empty(folder):
+    (folder / "v1-5.safetensors").write_bytes(b"")
+    return folder / "v1-5.safetensors"
+
+
+def _not_safetensors(folder):
+    (folder / "v1-5.safetensors").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    return folder / "v1-5.safetensors"
+
+
+def _an_adapter(folder):
+    from safetensors.torch import save_file
+
+    save_file(
+        {"lora_unet_down_blocks_0_attentions_0_proj_in.alpha": torch.tensor(4.0)},
+        str(folder / "lora.safetensors"),
+    )
+    return folder / "lora.safetensors"
+
+
+def _two_checkpoints(folder):
+    _sd1_checkpoint(folder, "a.safetensors")
+    _sd1_checkpoint(folder, "b.safetensors")
+    return folder
+
+
+def _no_text_encoder_weights(folder):
+    return layouts.folder(folder / "sd", {"unet": ("safetensors",), "vae": ("fp16",)})
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            _no_text_encoder_weights,
+            "text_encoder/ has no weights (model.safetensors, .bin or .fp16.safetensors)",
+        ),
+        (_sd1_checkpoint, "has no configs or tokenizer beside it, and offline they cannot be fetched"),
+        (_empty, "is empty (0 bytes): give the complete file"),
+        (_not_safetensors, "is not a readable safetensors file (empty, truncated or another format)"),
+        (_an_adapter, "is not a Stable Diffusion checkpoint (no model.diffusion_model.* keys)"),
+        (_two_checkpoints, "holds 2 checkpoints (a.safetensors, b.safetensors): give the one to use"),
+    ],
+    ids=[
+        "component without weights",
+        "lone SD 1.x file",
+        "empty",
+        "not safetensors",
+        "an adapter",
+        "two checkpoints",
+    ],
+)
+def test_a_model_that_cannot_load_is_one_line_naming_what_is_missing(build, message, tmp_path):
+    model = build(tmp_path)
+    with pytest.raises(lab_utils.LabError) as info:
+        lab_utils.load_pipeline(str(model), device="cpu")
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_a_truncated_weight_file_is_one_line(tmp_path):
+    model = layouts.fp16_only(tmp_path / "m")
+    weights = model / "unet" / "diffusion_pytorch_model.fp16.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(lab_utils.LabError) as info:
+        lab_utils.load_pipeline(str(model), device="cpu")
+    assert str(info.value).startswith(f"could not load model '{model}': ") and "\n" not in str(info.value)
+
+
+@pytest.mark.notebook
+def test_the_grader_and_the_notebook_load_an_fp16_only_pod_folder(tmp_path):
+    """The grader resolves the folder, the sandboxed kernel loads it again from SD_LORA_LAB_MODEL:
+    the lab on the fp16-variant folder (what variant="fp16" downloads leave) earns full marks."""
+    from helpers import solution_with
+
+    from grader import grade_notebook
+
+    model = layouts.fp16_only(tmp_path / "sd15-fp16")
+    report = grade_notebook(solution_with(quick=True)(tmp_path / "nb"), model=str(model))
+    assert report.execution["failure"] is None and report.score == 3, report.execution
+    assert report.model == str(model)
 
 
 def test_lab_error_renders_as_one_line_in_ipython():

@@ -72,6 +72,13 @@ def test_the_report_is_self_contained_and_escapes_what_learners_wrote(tmp_path):
     assert "http://" not in html and "https://" not in html and 'src="data:image/png;base64,' in html
     assert html.count("<img ") == 12 and 'href="alice/feedback.md"' in html
     assert "4</b> submissions" in html and "1</b> passed every check" in html
+    assert 'id="unsandboxed"' not in html
+    bob = json.loads((results / "bob" / "report.json").read_text())
+    bob["execution"]["sandbox"] = "none"
+    (results / "bob" / "report.json").write_text(json.dumps(bob))
+    assert run_grader("report", str(results)).returncode == 0
+    html = (results / "report.html").read_text()
+    assert "1 of 4 submissions were graded without a sandbox (--sandbox none)" in html
 
 
 @pytest.mark.browser

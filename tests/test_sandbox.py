@@ -15,7 +15,7 @@ import grader.execute.sandbox
 from grader import grade_notebook
 from grader.config import Limits
 from grader.execute.run import _error_line
-from grader.execute.sandbox import bwrap_works, descendants, prepare
+from grader.execute.sandbox import UNSANDBOXED_NOTE, descendants, namespaces_problem, prepare
 from lab_utils.errors import LabError
 
 pytestmark = pytest.mark.notebook
@@ -35,53 +35,69 @@ try:
     found["canary"] = "written"
 except OSError as error:
     found["canary"] = type(error).__name__
-open(RESULT, "w").write(json.dumps(found))
+raise RuntimeError("PROBE " + json.dumps(found))  # the findings come back as the cell's error
 """
 
 
-@pytest.mark.parametrize("mode", ["basic", "bwrap"])
-def test_each_mode_scrubs_the_environment_cuts_the_network_and_reports_its_gaps(tmp_path, mode, monkeypatch):
-    if mode == "bwrap" and not bwrap_works():
-        pytest.skip("needs bubblewrap (apt install bubblewrap; .ci/run installs it)")
+@pytest.mark.parametrize("mode", ["namespaces", "none"])
+def test_each_mode_scrubs_the_environment_and_none_is_marked(tmp_path, mode, monkeypatch):
+    """The kernel's environment is an allow-list in every mode. The grader's own namespaces keep the
+    probe from writing beside the notebook and from the network; ``none`` does not, and the report
+    and results.json say the notebook ran unsandboxed."""
+    if mode == "namespaces" and namespaces_problem() is not None:
+        pytest.skip(f"namespaces cannot be built here: {namespaces_problem()}")
     monkeypatch.setenv("SD_LORA_LAB_TEST_SECRET", "hunter2")
     canary = tmp_path / "canary.txt"
     canary.write_text("untouched")
-    result = tmp_path / "probe.json"
-    cell = nbformat.v4.new_code_cell(f"CANARY = {str(canary)!r}\nRESULT = {str(result)!r}\n{PROBE}")
+    cell = nbformat.v4.new_code_cell(f"CANARY = {str(canary)!r}\n{PROBE}")
     path = tmp_path / "probe.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[cell]), path)
-    # the probe reports through a file beside the notebook: allowed in basic mode only, so in
-    # bwrap mode it writes into its working directory and the assertion reads the failure instead
     before = descendants(os.getpid())  # another test's orphans may be re-parented to this process
-    report = grade_notebook(path, config=config(limits={"sandbox": mode}))
-    assert report.execution["sandbox"] == mode
-    gaps = report.execution["isolation_gaps"]
-    if mode == "basic":
-        assert report.execution["failure"] is None, report.execution
-        found = json.loads(result.read_text())
-        assert found["secret"] is None and "SD_LORA_LAB_TEST_SECRET" not in found["env"]
-        assert found["home"].startswith(found["cwd"].rsplit("/work", 1)[0]) and found["tmp"] != "/tmp"
-        assert found["canary"] == "written" and any("filesystem not isolated" in g for g in gaps)
-        if os.geteuid() == 0:  # a new network namespace needs root or user namespaces
-            assert found["network"] != "open" and not any("network" in g for g in gaps)
+    report = grade_notebook(path, config=config(limits={"sandbox": mode}), output=tmp_path / "out")
+    assert report.execution["sandbox"] == mode, report.execution
+    snapshot = json.loads((tmp_path / "out" / "results.json").read_text())
+    found = json.loads(report.execution["failure"].split("PROBE ", 1)[1])
+    assert found["secret"] is None and "SD_LORA_LAB_TEST_SECRET" not in found["env"]
+    assert found["home"].startswith(found["cwd"].rsplit("/work", 1)[0]) and found["tmp"] != "/tmp"
+    if mode == "none":
+        assert found["canary"] == "written"
+        assert UNSANDBOXED_NOTE in report.notes and UNSANDBOXED_NOTE in snapshot["output"]
+        assert any("sandbox off" in gap for gap in report.execution["isolation_gaps"])
     else:
-        # the probe cannot write its result outside the sandbox: that write is the failure
-        failure = report.execution["failure"]
-        assert "Read-only file system" in failure or "No such file or directory" in failure, failure
-        assert canary.read_text() == "untouched" and not result.exists()
-        assert not any("filesystem" in g or "network" in g for g in gaps), gaps
+        assert found["canary"] != "written" and canary.read_text() == "untouched"
+        assert found["network"] != "open"
+        gaps = report.execution["isolation_gaps"]
+        assert UNSANDBOXED_NOTE not in snapshot["output"] and not any("isolated" in g for g in gaps), gaps
     assert descendants(os.getpid()) - before == set()  # the grading left nothing running
 
 
-def test_sandbox_bwrap_without_bubblewrap_is_one_line(monkeypatch, tmp_path):
+def test_without_bubblewrap_or_namespaces_grading_refuses_with_one_line(monkeypatch, tmp_path, capsys):
+    from grader.__main__ import main
+
     monkeypatch.setattr(grader.execute.sandbox, "bwrap_works", lambda: False)
+    if namespaces_problem() is None:  # auto falls back to the grader's own namespaces
+        sandbox = prepare(tmp_path / "run", Limits(sandbox="auto"))
+        sandbox.kill_all()  # removes the control groups it made
+        assert sandbox.mode == "namespaces" and not sandbox.notes
+        assert all(not group.exists() for group in sandbox.cgroups)
     with pytest.raises(LabError, match=r"--sandbox bwrap: bubblewrap is not installed"):
-        prepare(tmp_path / "run", Limits(sandbox="bwrap"))
-    sandbox = prepare(tmp_path / "run2", Limits(sandbox="auto"))
-    sandbox.kill_all()  # removes the control groups it made
-    assert sandbox.mode == "basic"  # auto falls back, and says so
-    assert any("filesystem not isolated" in n for n in sandbox.notes)
-    assert all(not group.exists() for group in sandbox.cgroups)
+        prepare(tmp_path / "run2", Limits(sandbox="bwrap"))
+    monkeypatch.setattr(
+        grader.execute.sandbox, "namespaces_problem", lambda: "unshare: Operation not permitted"
+    )
+    with pytest.raises(LabError, match=r"--sandbox namespaces: unshare: Operation not permitted"):
+        prepare(tmp_path / "run3", Limits(sandbox="namespaces"))
+    path = tmp_path / "hello.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('hello')")]), path)
+    assert main([str(path), "--results", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: no sandbox can be built on this machine (bubblewrap not found; unshare: Operation not "
+        "permitted): install bubblewrap (apt install bubblewrap), or grade without isolation with "
+        "--sandbox none"
+    ]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["score"] == 0 and "install bubblewrap" in results["output"]
 
 
 def test_gpu_out_of_memory_at_step_3_keeps_step_2_credit(tmp_path):
@@ -115,7 +131,7 @@ def test_gpu_memory_fraction_is_applied_in_the_kernel(tmp_path):
     )
     path = tmp_path / "gpu.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[cell]), path)
-    grade_notebook(path, config=config(limits={"sandbox": "basic", "gpu_memory_fraction": 0.25}))
+    grade_notebook(path, config=config(limits={"sandbox": "none", "gpu_memory_fraction": 0.25}))
     assert float(result.read_text()) == pytest.approx(0.25)
 
 
@@ -126,14 +142,15 @@ def test_cli_names_the_sandbox_and_what_it_could_not_enforce(tmp_path):
     path = tmp_path / "empty.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('hello')")]), path)
     result = subprocess.run(
-        [sys.executable, "-m", "grader", str(path), "--sandbox", "basic"],
+        [sys.executable, "-m", "grader", str(path), "--sandbox", "none"],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 1, result.stdout + result.stderr  # no work done: checks fail
-    assert "sandbox basic: filesystem not isolated" in result.stdout
+    assert "sandbox none: sandbox off (--sandbox none)" in result.stdout
+    assert "graded without a sandbox" in " ".join(result.stdout.split())
     bad = subprocess.run(
-        [sys.executable, "-m", "grader", str(path), "--sandbox", "docker"], capture_output=True, text=True
+        [sys.executable, "-m", "grader", str(path), "--sandbox", "basic"], capture_output=True, text=True
     )
-    assert bad.returncode == 2 and "invalid choice: 'docker'" in bad.stderr
+    assert bad.returncode == 2 and "invalid choice: 'basic'" in bad.stderr

@@ -19,7 +19,15 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 
 from grader.artefacts import save_cell_source
 from grader.config import GradingConfig
-from grader.execute.sandbox import Sandbox, allow_writes, descendants, memory_exhausted, prepare
+from grader.execute.sandbox import (
+    UNSANDBOXED_NOTE,
+    Sandbox,
+    allow_writes,
+    descendants,
+    memory_exhausted,
+    prepare,
+    runs_root,
+)
 from grader.notebook import cell_steps
 from grader.types import StepFailure
 from lab_utils.models import MODEL_ENV, ModelSpec
@@ -120,12 +128,21 @@ def make_model_available(model: ModelSpec) -> None:
 
 
 def execute_notebook(
-    nb: nbformat.NotebookNode, model: ModelSpec, artefact_dir: Path, config: GradingConfig
+    nb: nbformat.NotebookNode,
+    model: ModelSpec,
+    artefact_dir: Path,
+    config: GradingConfig,
+    hidden: tuple[Path, ...] = (),
 ) -> Execution:
     """Run every code cell in order in a fresh kernel, stopping at the first error. Artefacts are
     snapshotted into ``artefact_dir/after-step-N`` as each step finishes and into
     ``artefact_dir/final`` at the end (if the kernel is still alive). Cells tagged ``self-check``
-    are skipped. Never raises for anything the notebook does."""
+    are skipped. ``hidden``: folders the kernel must not see (the sandbox's ``prepare``).
+
+    Raises:
+        LabError: no sandbox can be built here (before anything runs). Never raises for anything
+            the notebook does.
+    """
     cell_timeout, total_timeout = config.timeouts.cell, config.timeouts.total
     output_mb = config.limits.output_mb
     nb = copy.deepcopy(nb)  # outputs and the grader's cell are written into this copy
@@ -142,11 +159,13 @@ def execute_notebook(
         return max(1, int(min(cell_timeout, remaining)))
 
     make_model_available(model)
-    with tempfile.TemporaryDirectory(prefix="sd-lora-lab-run-") as tmp:
-        sandbox = prepare(Path(tmp) / "run", config.limits)
+    with tempfile.TemporaryDirectory(prefix="run-", dir=runs_root()) as tmp:
+        sandbox = prepare(Path(tmp) / "run", config.limits, hidden)
         artefact_dir.mkdir(parents=True, exist_ok=True)
         allow_writes(sandbox, artefact_dir)
         execution.sandbox = sandbox.mode
+        if sandbox.mode == "none":
+            execution.notes.append(UNSANDBOXED_NOTE)
         env = sandbox.environment(kernel_environment(model))
         client = _CappedClient(
             nb,

@@ -9,14 +9,16 @@ module is the grader's side: the run's folders, control groups and spec, and the
 mode       what the kernel gets
 ========== ====================================================================================
 bwrap      bubblewrap (``apt install bubblewrap``): a read-only view of the whole filesystem except
-           the run's private folder (its TMPDIR too: /tmp stays read-only, since the environment
-           may live there), its own PID, IPC and network namespaces (no
-           network at all), every capability dropped — it cannot see, signal or alter the grader.
-basic      a scrubbed environment, a private working and temporary folder, resource limits, and a
-           new network namespace where the OS allows it (root or user namespaces); the filesystem
-           is NOT protected — the notes say so.
-none       resource limits and the scrubbed environment only.
-auto       bwrap when it works on this machine, else basic (the default).
+           the run's private folders (its TMPDIR too: /tmp stays read-only, since the environment
+           may live there), the grader's run folders and ``/run`` hidden, its own PID, IPC and
+           network namespaces (no network at all), every capability dropped — it cannot see,
+           signal or alter the grader.
+namespaces the same isolation built by the launcher itself, without bubblewrap (Linux, as root or
+           with user namespaces; see grader/execute/launcher.py).
+none       resource limits and the scrubbed environment only: the notebook runs with the grader's
+           privileges — only by an explicit ``--sandbox none``, which the report marks.
+auto       bwrap when it works on this machine, else namespaces; where neither can be built,
+           grading refuses to start (the default).
 ========== ====================================================================================
 
 Limits, in every mode: memory and process count through a control group of the run's own when the
@@ -36,6 +38,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -64,6 +67,22 @@ KEEP_ENV = (
     "SD_LORA_LAB_MODEL",
     "PYTHONPATH",
 )
+
+
+NO_SANDBOX = (
+    "no sandbox can be built on this machine ({problem}): install bubblewrap (apt install "
+    "bubblewrap), or grade without isolation with --sandbox none"
+)
+UNSANDBOXED_NOTE = "graded without a sandbox (--sandbox none): the notebook ran with the grader's privileges"
+PRIVATE = ("work", "tmp", "home", "conn")  # the run's folders the kernel may write
+
+
+def runs_root() -> Path:
+    """The folder every run's private folders live in: hidden from every kernel, so no submission
+    can read or reach another's files, sockets or artefacts."""
+    root = Path(tempfile.gettempdir()) / f"sd-lora-lab-runs-{os.geteuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    return root
 
 
 @dataclass
@@ -163,20 +182,32 @@ class Sandbox:
                     time.sleep(0.05)
 
 
-def prepare(run_dir: Path, limits: Limits | None = None) -> Sandbox:
+def prepare(run_dir: Path, limits: Limits | None = None, hidden: tuple[Path, ...] = ()) -> Sandbox:
     """Create the run's folders, control groups and the launcher's spec; decide the mode
-    (``limits.sandbox``, validated with the rest of the config)."""
+    (``limits.sandbox``, validated with the rest of the config). ``hidden``: folders the kernel must
+    not see (the grader's results, the other submissions), besides the runs' folder and ``/run``.
+
+    Raises:
+        LabError: the mode asked for (or, for auto, any isolating mode) cannot be built here.
+    """
     limits = limits or Limits()
     mode = limits.sandbox
     if mode == "auto":
-        mode = "bwrap" if bwrap_works() else "basic"
+        if bwrap_works():
+            mode = "bwrap"
+        elif namespaces_problem() is None:
+            mode = "namespaces"
+        else:
+            raise LabError(NO_SANDBOX.format(problem=f"bubblewrap not found; {namespaces_problem()}"))
     elif mode == "bwrap" and not bwrap_works():
         raise LabError(
             "--sandbox bwrap: bubblewrap is not installed or cannot create namespaces here "
-            "(apt install bubblewrap, or use --sandbox basic)"
+            "(apt install bubblewrap, or use --sandbox namespaces)"
         )
+    elif mode == "namespaces" and namespaces_problem() is not None:
+        raise LabError(f"--sandbox namespaces: {namespaces_problem()} (install bubblewrap, or run as root)")
     sandbox = Sandbox(run_dir, mode, limits)
-    for sub in ("work", "tmp", "home", "conn"):
+    for sub in PRIVATE:
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     _become_subreaper()
     sandbox._before = descendants(os.getpid())
@@ -191,12 +222,8 @@ def prepare(run_dir: Path, limits: Limits | None = None) -> Sandbox:
         )
     elif not unified and not {"pids", "memory"} <= controllers:
         sandbox.notes.append(f"control groups only for {', '.join(sorted(controllers))}")
-    if mode == "basic":
-        sandbox.notes.append(
-            "filesystem not isolated: the kernel can write outside its folder (install bubblewrap)"
-        )
-    elif mode == "none":
-        sandbox.notes.append("sandbox off (--sandbox none): filesystem and network not isolated")
+    if mode == "none":
+        sandbox.notes.append("sandbox off (--sandbox none): filesystem, processes and network not isolated")
     spec = {
         "mode": mode,
         "status": str(run_dir / STATUS_FILE),
@@ -205,11 +232,31 @@ def prepare(run_dir: Path, limits: Limits | None = None) -> Sandbox:
         "memory_cgroup": memory_cgroup,
         "processes": int(limits.processes),
         "file_bytes": int(limits.file_size_mb * 2**20),
-        "writable": [str(run_dir)],
+        "writable": [str(run_dir / sub) for sub in PRIVATE],
+        "hidden": hideable([runs_root(), Path("/run"), *hidden]),
         "workdir": str(sandbox.workdir),
     }
     (run_dir / "sandbox-spec.json").write_text(json.dumps(spec))
     return sandbox
+
+
+def hideable(folders: list[Path]) -> list[str]:
+    """The folders that can be hidden from the kernel: none that holds what it needs — Python and
+    its packages, the lab's code, the hub cache — and none inside another hidden one."""
+    from huggingface_hub import constants
+
+    needed = [Path(p).resolve() for p in {sys.prefix, sys.base_prefix, *sys.path} if p]
+    needed += [Path(__file__).resolve().parents[2], Path(constants.HF_HOME).resolve()]
+    keep: list[Path] = []
+    for folder in folders:
+        folder = Path(folder).resolve()
+        if not folder.is_dir() or folder == Path("/"):
+            continue
+        if any(n == folder or folder in n.parents for n in needed):
+            continue
+        keep.append(folder)
+    # a folder inside another hidden one is hidden with it (and has no mount point to cover)
+    return sorted({str(f) for f in keep if not any(o != f and o in f.parents for o in keep)})
 
 
 def allow_writes(sandbox: Sandbox, path: Path) -> None:
@@ -218,6 +265,56 @@ def allow_writes(sandbox: Sandbox, path: Path) -> None:
     spec = json.loads(spec_path.read_text())
     spec["writable"].append(str(path))
     spec_path.write_text(json.dumps(spec))
+
+
+@cache
+def namespaces_problem() -> str | None:
+    """Why the launcher cannot build its own namespaces here, or None when it can: a probe started
+    in them must write in its folder, and fail to write outside it and to see this process."""
+    if not sys.platform.startswith("linux"):
+        return "namespaces are Linux only"
+    with tempfile.TemporaryDirectory(prefix="probe-", dir=runs_root()) as tmp:
+        run_dir = Path(tmp)
+        for sub in PRIVATE:
+            (run_dir / sub).mkdir()
+        outside = run_dir / "outside.txt"
+        spec = {
+            "mode": "namespaces",
+            "status": str(run_dir / STATUS_FILE),
+            "cgroups": [],
+            "memory_bytes": 2**30,
+            "memory_cgroup": False,
+            "processes": 64,
+            "file_bytes": 2**20,
+            "writable": [str(run_dir / sub) for sub in PRIVATE],
+            "hidden": [],
+            "workdir": str(run_dir / "work"),
+        }
+        (run_dir / "spec.json").write_text(json.dumps(spec))
+        probe = "\n".join(
+            [
+                "import os, sys",
+                "open('inside.txt', 'w').write('ok')",
+                "try:",
+                f"    open({str(outside)!r}, 'w')",
+                "    sys.exit('the probe wrote outside its folder')",
+                "except OSError:",
+                "    pass",
+                f"if os.path.exists('/proc/{os.getpid()}/cmdline') and os.getpid() != {os.getpid()}:",
+                "    sys.exit('the probe sees the grader')",
+            ]
+        )
+        argv = [sys.executable, "-m", "grader.execute.launcher", str(run_dir / "spec.json"), "--"]
+        try:
+            result = subprocess.run(
+                [*argv, sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+            )
+        except (OSError, subprocess.SubprocessError) as error:
+            return f"the namespaces probe failed: {error}"
+        if result.returncode != 0 or not (run_dir / "work" / "inside.txt").is_file():
+            lines = (result.stderr or result.stdout).strip().splitlines()
+            return (lines[-1] if lines else f"the probe exited {result.returncode}").removeprefix("sandbox: ")
+    return None
 
 
 @cache

@@ -18,6 +18,7 @@ from grader.checks import CHECKS
 from grader.files import write_text
 from grader.outputs.gradebook import class_causes, read_reports
 from lab_utils.errors import LabError
+from lab_utils.files import shown
 
 THUMBNAIL = 96  # px
 IMAGES = ("baseline.png", "adapted.png", "difference.png")
@@ -163,11 +164,19 @@ def render_report(results: Path) -> str:
         rows.append("<tr>" + "".join(cells) + "</tr>")
     mean = sum(totals) / len(totals) if totals else 0.0
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    unsandboxed = sum(1 for r in reports if (r.get("execution") or {}).get("sandbox") == "none")
+    warning = (
+        f'<p class="failed" id="unsandboxed">{unsandboxed} of {len(reports)} submissions were graded '
+        "without a sandbox (--sandbox none): their notebooks ran with the grader's privileges</p>"
+        if unsandboxed
+        else ""
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>SD LoRA Lab — class report</title>
 <style>{STYLE}</style></head><body>
 <h1>SD LoRA Lab — class report</h1>
-<p>{escape(str(results))} · generated {generated}</p>
+<p>{escape(shown(results))} · generated {generated}</p>
+{warning}
 <div class="cards">
 <div class="card"><b>{len(reports)}</b> submissions</div>
 <div class="card"><b>{passed}</b> passed every check</div>

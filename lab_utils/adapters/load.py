@@ -32,6 +32,7 @@ from lab_utils.adapters.schemes import (
     pattern_value,
 )
 from lab_utils.errors import LabError
+from lab_utils.files import readable_file, readable_folder, shown
 
 
 @dataclass
@@ -63,23 +64,32 @@ def _tensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         with safe_open(str(file), framework="pt") as handle:
             return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {})
     except Exception as error:  # noqa: BLE001 — safetensors raises its own error types
-        raise LabError(f"'{file}' is not a readable safetensors file ({type(error).__name__})") from None
+        raise LabError(
+            f"'{shown(file)}' is not a readable safetensors file ({type(error).__name__}): it is "
+            "truncated or another format — export the adapter again"
+        ) from None
 
 
 def read_adapter_file(path: str | os.PathLike[str]) -> AdapterFile:
     """Read a PEFT folder, a diffusers file (or its folder) or a kohya file into :class:`AdapterFile`."""
     path = Path(path)
-    if path.is_dir():
+    try:
+        folder = path.is_dir()
+    except OSError:
+        folder = False  # the line comes from readable_file below
+    if folder:
+        readable_folder(path, "adapter folder")
         if (path / PEFT_CONFIG).is_file():
             return _read_peft(path)
         if (path / DIFFUSERS_FILE).is_file():
             path = path / DIFFUSERS_FILE
         else:
-            raise LabError(f"'{path}' holds neither {PEFT_CONFIG} nor {DIFFUSERS_FILE}")
-    if not path.is_file():
-        raise LabError(f"adapter '{path}' does not exist")
+            raise LabError(f"'{shown(path)}' holds neither {PEFT_CONFIG} nor {DIFFUSERS_FILE}")
+    readable_file(path, "adapter")
     if path.suffix != ".safetensors":
-        raise LabError(f"'{path}': only .safetensors adapters are read (pickled .bin/.pt/.ckpt never are)")
+        raise LabError(
+            f"'{shown(path)}': only .safetensors adapters are read (pickled .bin/.pt/.ckpt never are)"
+        )
     tensors, metadata = _tensors(path)
     found = AdapterFile(path, "unknown", metadata=metadata)
     config = {}
