@@ -67,9 +67,10 @@ def mixed(target: Path) -> Path:
     )
 
 
-def classic(target: Path, feature_extractor: str = "CLIPFeatureExtractor") -> Path:
+def classic(target: Path, feature_extractor: str = "CLIPFeatureExtractor", its_folder: bool = True) -> Path:
     """SD 1.5's own model_index.json: a feature extractor (either class name), a safety checker
-    listed but its folder absent, the PNDM scheduler — as `git clone` of the hub repo leaves it."""
+    listed but its folder absent, the PNDM scheduler — as `git clone` of the hub repo leaves it
+    (``its_folder=False``: the feature extractor's folder absent too)."""
     folder(target, {c: ("safetensors",) for c in WEIGHTS})
     index = json.loads((target / "model_index.json").read_text())
     index.update(
@@ -95,6 +96,8 @@ def classic(target: Path, feature_extractor: str = "CLIPFeatureExtractor") -> Pa
             }
         )
     )
+    if not its_folder:  # listed in model_index.json, never downloaded
+        shutil.rmtree(target / "feature_extractor")
     scheduler = json.loads((target / "scheduler" / "scheduler_config.json").read_text())
     scheduler.update(_class_name="PNDMScheduler", skip_prk_steps=True)
     for key in (

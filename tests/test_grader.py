@@ -6,17 +6,23 @@ from __future__ import annotations
 
 import json
 
+import layouts
 import pytest
 from helpers import SOLUTION, STUDENT, run_grader, solution_with
 
 pytestmark = pytest.mark.notebook
 
 
-def test_solution_passes_every_check_through_the_cli(tmp_path):
-    """The CLI path (the README's command grades the unchanged solution: tests/test_project.py)."""
+def test_solution_passes_every_check_through_the_cli_on_an_fp16_only_pod_folder(tmp_path):
+    """The CLI path (the README's command grades the unchanged solution on the built-in model:
+    tests/test_project.py) on a pod folder as ``variant="fp16"`` downloads leave it — only
+    ``*.fp16.safetensors`` files: the grader resolves it, the sandboxed kernel loads it again."""
     out = tmp_path / "report.json"
     notebook = solution_with(quick=True)(tmp_path)
-    result = run_grader(str(notebook), "--json", str(out), "--results", str(tmp_path / "results"))
+    model = layouts.fp16_only(tmp_path / "sd15-fp16")
+    result = run_grader(
+        str(notebook), "--model", str(model), "--json", str(out), "--results", str(tmp_path / "results")
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     feedback = (tmp_path / "results" / "feedback.md").read_text()
     assert "## Your adapter file" in feedback and "- findings: none" in feedback
@@ -30,6 +36,7 @@ def test_solution_passes_every_check_through_the_cli(tmp_path):
     assert checks["pixel_difference"]["value"] > 0.5
     assert report["score"] == report["max_score"] == 3
     assert report["execution"]["failure"] is None and report["execution"]["steps_completed"] == 5
+    assert report["model"] == str(model) and report["environment"]["kind"] == "folder"
     assert "Traceback" not in result.stderr
 
 

@@ -320,14 +320,14 @@ def _build_filesystem(libc, spec: dict) -> None:
     nodes = list(DEVICES) + sorted(
         name for name in os.listdir(f"/proc/self/fd/{dev}") if name.startswith("nvidia")
     )
-    for name in nodes:
+    for name in [*nodes, "dri"]:  # /dev/nvidia-caps and /dev/dri are folders
         source = f"/proc/self/fd/{dev}/{name}"
-        if os.path.exists(source):
+        if os.path.isdir(source):
+            os.mkdir(f"/dev/{name}")
+            _mount(libc, source, f"/dev/{name}", None, MS_BIND | MS_REC)
+        elif os.path.exists(source):
             Path("/dev", name).touch()
             _mount(libc, source, f"/dev/{name}", None, MS_BIND)
-    if os.path.isdir(f"/proc/self/fd/{dev}/dri"):
-        os.mkdir("/dev/dri")
-        _mount(libc, f"/proc/self/fd/{dev}/dri", "/dev/dri", None, MS_BIND | MS_REC)
     os.close(dev)
     for name, target in (
         ("fd", "/proc/self/fd"),

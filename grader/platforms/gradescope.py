@@ -203,10 +203,10 @@ def build_autograder(
             _add(archive, "checks.toml", checks.read_bytes())
         for path, name in _package_files():
             _add(archive, name, path.read_bytes())
-        if spec.kind == "folder":
-            folder = Path(spec.source)
-            for path in sorted(folder.rglob("*")):
-                if path.is_file():
+        if spec.kind != "tiny":  # the folder as given: a diffusers folder, or configs beside one checkpoint
+            folder = Path(model).resolve()
+            for root, _, names in os.walk(folder):  # links are not followed
+                for path in sorted(Path(root, n) for n in names):
                     _add(archive, f"model/{path.relative_to(folder).as_posix()}", path.read_bytes())
     return output
 

@@ -108,6 +108,11 @@ def read_adapter_file(path: str | os.PathLike[str]) -> AdapterFile:
             elif part == "up":
                 found.b[stem] = tensor
             elif part == "alpha":
+                if tensor.numel() != 1:
+                    raise LabError(
+                        f"'{shown(path)}': {key} holds {tensor.numel()} numbers, not one alpha: "
+                        "export the adapter again"
+                    )
                 found.alpha[stem] = float(tensor)
             else:
                 found.unknown.append(key)
@@ -121,7 +126,13 @@ def read_adapter_file(path: str | os.PathLike[str]) -> AdapterFile:
         (found.a if part == "down" else found.b)[module] = tensor
     if found.scheme != "kohya":
         for module in found.modules:
-            found.alpha[module] = _config_alpha(config, module, found)
+            try:
+                found.alpha[module] = _config_alpha(config, module, found)
+            except (TypeError, ValueError, IndexError, AttributeError):
+                raise LabError(
+                    f"'{shown(path)}': its adapter metadata ({DIFFUSERS_METADATA}) has no usable rank "
+                    "or alpha for its tensors: export the adapter again"
+                ) from None
     return found
 
 
