@@ -13,8 +13,10 @@ import json
 import os
 import re
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -35,10 +37,13 @@ def save_cell_source(directory: Path) -> str:
 
 
 def save_artefacts(directory: str | os.PathLike[str], namespace: dict) -> None:
-    """Save what the notebook produced. Never raises: problems are recorded in the manifest."""
-    from peft import PeftModel
+    """Save what the notebook produced. Never raises: problems are recorded in the manifest.
 
-    from lab_utils.generation import RECORD_KEY
+    peft (and with it torch) is only looked at when the notebook imported it: a kernel that never
+    did holds no PEFT model, and the cell then costs milliseconds, not seconds of imports."""
+    from lab_utils.metrics import RECORD_KEY
+
+    PeftModel = getattr(sys.modules.get("peft"), "PeftModel", None)
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,9 +69,11 @@ def save_artefacts(directory: str | os.PathLike[str], namespace: dict) -> None:
 
             attempt(name, save_image)
 
-    peft_models = [v for k, v in namespace.items() if not k.startswith("_") and isinstance(v, PeftModel)]
-    if isinstance(namespace.get("unet"), PeftModel):
-        peft_models.insert(0, namespace["unet"])
+    peft_models: list[Any] = []
+    if isinstance(PeftModel, type):
+        peft_models = [v for k, v in namespace.items() if not k.startswith("_") and isinstance(v, PeftModel)]
+        if isinstance(namespace.get("unet"), PeftModel):
+            peft_models.insert(0, namespace["unet"])
     if peft_models:
 
         def save_adapter() -> None:
@@ -85,9 +92,12 @@ MAX_EXPORTS = 4  # exported adapter files copied for the optional export check
 
 def _save_evaluation(out: Path, namespace: dict, manifest: dict) -> None:
     """The first ``lab_utils.evaluate`` result in the namespace: its prompts, seeds, settings and
-    claimed pixel changes (the grader recomputes them)."""
-    from lab_utils.evaluation import Evaluation
-
+    claimed pixel changes (the grader recomputes them). None exists in a kernel that never imported
+    lab_utils.evaluation (which imports torch: it is not imported for nothing)."""
+    module = sys.modules.get("lab_utils.evaluation")
+    if module is None:
+        return
+    Evaluation = module.Evaluation
     for name, value in namespace.items():
         if not name.startswith("_") and isinstance(value, Evaluation):
             write_json(out / EVALUATION, {"variable": name, **value.summary()})
@@ -97,8 +107,12 @@ def _save_evaluation(out: Path, namespace: dict, manifest: dict) -> None:
 
 def _save_exports(out: Path, namespace: dict, manifest: dict) -> None:
     """Adapter files the notebook exported (``export_adapter`` returns a Path): every top-level
-    ``Path`` to a ``.safetensors`` file other than a PEFT folder's, copied as ``exports/NAME.safetensors``."""
-    from lab_utils.adapters.schemes import DIFFUSERS_FILE, PEFT_WEIGHTS
+    ``Path`` to a ``.safetensors`` file other than a PEFT folder's, copied as ``exports/NAME.safetensors``.
+    A kernel that never imported lab_utils' adapter code (export_adapter) exported nothing."""
+    schemes = sys.modules.get("lab_utils.adapters.schemes")
+    if schemes is None:
+        return
+    DIFFUSERS_FILE, PEFT_WEIGHTS = schemes.DIFFUSERS_FILE, schemes.PEFT_WEIGHTS
 
     exports: dict[str, str] = {}
     for name, value in namespace.items():

@@ -7,6 +7,10 @@ from PIL import Image
 
 ImageLike = Image.Image | np.ndarray
 
+RECORD_KEY = "sd_lora_lab"
+"""Key under which ``lab_utils.generate`` stores its generation record in ``image.info`` (here, not in
+lab_utils.generation, so the grader's artefact cell reads it without importing torch)."""
+
 
 def to_array(image: ImageLike) -> np.ndarray:
     """(H, W, 3) float64 in 0–255 from a PIL image or an array (uint8, or float already 0–255)."""

@@ -160,7 +160,8 @@ def execute_notebook(
 
     make_model_available(model)
     with tempfile.TemporaryDirectory(prefix="run-", dir=runs_root()) as tmp:
-        sandbox = prepare(Path(tmp) / "run", config.limits, hidden)
+        model_paths = (model.source, model.config) if model.kind in ("folder", "single_file") else ()
+        sandbox = prepare(Path(tmp) / "run", config.limits, hidden, needed=tuple(p for p in model_paths if p))
         artefact_dir.mkdir(parents=True, exist_ok=True)
         allow_writes(sandbox, artefact_dir)
         execution.sandbox = sandbox.mode

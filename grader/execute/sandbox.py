@@ -182,10 +182,16 @@ class Sandbox:
                     time.sleep(0.05)
 
 
-def prepare(run_dir: Path, limits: Limits | None = None, hidden: tuple[Path, ...] = ()) -> Sandbox:
+def prepare(
+    run_dir: Path,
+    limits: Limits | None = None,
+    hidden: tuple[Path, ...] = (),
+    needed: tuple[str | Path, ...] = (),
+) -> Sandbox:
     """Create the run's folders, control groups and the launcher's spec; decide the mode
     (``limits.sandbox``, validated with the rest of the config). ``hidden``: folders the kernel must
-    not see (the grader's results, the other submissions), besides the runs' folder and ``/run``.
+    not see (the grader's results, the other submissions), besides the runs' folder and ``/run``;
+    ``needed``: paths it must (the model), so no folder holding one is hidden.
 
     Raises:
         LabError: the mode asked for (or, for auto, any isolating mode) cannot be built here.
@@ -233,19 +239,20 @@ def prepare(run_dir: Path, limits: Limits | None = None, hidden: tuple[Path, ...
         "processes": int(limits.processes),
         "file_bytes": int(limits.file_size_mb * 2**20),
         "writable": [str(run_dir / sub) for sub in PRIVATE],
-        "hidden": hideable([runs_root(), Path("/run"), *hidden]),
+        "hidden": hideable([runs_root(), Path("/run"), *hidden], needed),
         "workdir": str(sandbox.workdir),
     }
     (run_dir / "sandbox-spec.json").write_text(json.dumps(spec))
     return sandbox
 
 
-def hideable(folders: list[Path]) -> list[str]:
+def hideable(folders: list[Path], kernel_needs: tuple[str | Path, ...] = ()) -> list[str]:
     """The folders that can be hidden from the kernel: none that holds what it needs — Python and
-    its packages, the lab's code, the hub cache — and none inside another hidden one."""
+    its packages, the lab's code, the hub cache, ``kernel_needs`` (the model) — and none inside
+    another hidden one."""
     from huggingface_hub import constants
 
-    needed = [Path(p).resolve() for p in {sys.prefix, sys.base_prefix, *sys.path} if p]
+    needed = [Path(p).resolve() for p in {sys.prefix, sys.base_prefix, *sys.path, *kernel_needs} if p]
     needed += [Path(__file__).resolve().parents[2], Path(constants.HF_HOME).resolve()]
     keep: list[Path] = []
     for folder in folders:

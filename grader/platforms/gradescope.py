@@ -37,7 +37,7 @@ from pathlib import Path
 from grader.files import write_json
 from grader.outputs.gradescope import error_results, summary_output
 from lab_utils.errors import LabError
-from lab_utils.files import atomic_path
+from lab_utils.files import atomic_path, shown
 from lab_utils.models import resolve_model
 
 PACKAGES = ("grader", "lab_utils")
@@ -174,8 +174,8 @@ def build_autograder(
     config = load_config(checks) if checks else GradingConfig()  # a bad file fails here, not on Gradescope
     if model != "tiny" and not Path(model).is_dir():
         raise LabError(
-            f"--model '{model}': Gradescope grades offline on a CPU, so the autograder takes 'tiny' (the "
-            "built-in model) or a local diffusers folder, which goes into the zip"
+            f"--model '{shown(model)}': Gradescope grades offline on a CPU, so the autograder takes "
+            "'tiny' (the built-in model) or a local model folder, which goes into the zip"
         )
     spec = resolve_model(model)
     if output.suffix != ".zip":
