@@ -40,6 +40,7 @@ class Case:
     config: dict = field(default_factory=dict)  # checks-file tables for this grading
     kind: str = "notebook"  # "notebook" | "file" (through the CLI) | "artefacts"
     needs: str = ""  # "cgroup": skipped where the machine cannot enforce it
+    escapes: bool = False  # attacks the sandbox itself: graded in every sandbox on every run
 
     @property
     def sandboxed(self) -> bool:
@@ -236,15 +237,17 @@ CASES: list[Case] = [
         "infinite loop",
         "`while True: pass` in a cell",
         cells("while True:\n    pass"),
-        reasons={"failure": "per-cell timeout of 5 s"},
-        config={"timeouts": {"cell": 5, "total": 60}},
+        reasons={"failure": "per-cell timeout of 2 s"},
+        config={"timeouts": {"cell": 2, "total": 60}},
+        escapes=True,
     ),
     Case(
         "long sleep",
         "`time.sleep(3600)`, past the notebook's total timeout",
         cells("import time\ntime.sleep(3600)"),
-        reasons={"failure": "total timeout of 6 s"},
-        config={"timeouts": {"cell": 60, "total": 6}},
+        reasons={"failure": "total timeout of 4 s"},
+        config={"timeouts": {"cell": 60, "total": 4}},
+        escapes=True,
     ),
     Case(
         "sys.exit(0) mid-notebook",
@@ -259,6 +262,7 @@ CASES: list[Case] = [
         solution_with(after="<" + STEP3, cell="import os\nos._exit(0)", quick=True),
         score=1,
         reasons={"failure": "step 3 failed: the kernel died", "pixel_difference": "step 3 failed"},
+        escapes=True,
     ),
     Case(
         "exception",
@@ -272,6 +276,7 @@ CASES: list[Case] = [
         "the kernel dereferences a null pointer",
         cells("import ctypes\nctypes.string_at(0)"),
         reasons={"failure": "the kernel died"},
+        escapes=True,
     ),
     Case(
         "memory exhaustion",
@@ -279,6 +284,7 @@ CASES: list[Case] = [
         cells("blocks = []\nwhile True:\n    blocks.append(bytearray(2**27))"),
         reasons={"failure": "out of memory"},
         config={"limits": {"memory_gb": 1}},
+        escapes=True,
     ),
     Case(
         "fork bomb",
@@ -288,6 +294,7 @@ CASES: list[Case] = [
         reasons={"failure": "failed", "notes": "processes the notebook left running were killed"},
         config={"limits": {"processes": 64}, "timeouts": {"cell": 30}},
         needs="cgroup",
+        escapes=True,
     ),
     Case(
         "50 MB of output",
@@ -304,18 +311,21 @@ CASES: list[Case] = [
             f"GRADER_FILE = {str(GRADER_FILE)!r}\n{ESCAPE_FILES}"
         )(tmp),
         reasons={"parameter_count": "no LoRA adapter was found"},
+        escapes=True,
     ),
     Case(
         "reading and killing the grader",
         "looks for the grader's process in /proc to read its arguments and SIGKILLs every process it sees",
         cells(FIND_GRADER),
         reasons={"parameter_count": "no LoRA adapter was found"},
+        escapes=True,
     ),
     Case(
         "network access",
         "opens a socket and downloads from PyPI",
         cells(NETWORK),
         reasons={"failure": "URLError"},
+        escapes=True,
     ),
     Case(
         "monkeypatched torch, numpy, PIL and lab_utils",
@@ -459,9 +469,17 @@ CASES: list[Case] = [
 RESULTS: dict[tuple[str, str], dict] = {}  # (case, sandbox or "") → what the grader decided (the tests)
 
 
-def runs() -> list[tuple[Case, str]]:
-    """Every grading of the catalogue: an executed notebook once per sandbox, the rest once."""
-    return [(c, sandbox) for c in CASES for sandbox in (SANDBOXES if c.sandboxed else [""])]
+def runs(every_sandbox: bool = True) -> list[tuple[Case, str]]:
+    """The catalogue's gradings: an executed notebook once per sandbox, the rest once. Without
+    ``every_sandbox`` (the developer's run; CI passes ``--all-sandboxes``), a notebook that does not
+    attack the sandbox itself — its verdict comes from the grader's checks, not the isolation — is
+    graded with bubblewrap only."""
+    return [
+        (c, sandbox)
+        for c in CASES
+        for sandbox in (SANDBOXES if c.sandboxed else [""])
+        if every_sandbox or sandbox != "namespaces" or c.escapes
+    ]
 
 
 FUZZ: dict[str, int] = {}  # fuzz target → inputs tried (filled by the property-based tests)
@@ -478,8 +496,13 @@ def render_reliability(
     """docs/RELIABILITY.md for a run that graded every case (``modes``: what each sandbox enforced)."""
     rows = []
     for case in CASES:
-        graded = [results[(case.name, sandbox)] for sandbox in (SANDBOXES if case.sandboxed else [""])]
+        graded = [
+            results[key]
+            for key in ((case.name, s) for s in (SANDBOXES if case.sandboxed else [""]))
+            if key in results
+        ]
         verdicts = [r["verdict"] for r in graded] if case.sandboxed else [graded[0]["verdict"], "—"]
+        verdicts += ["not graded in this run"] * (2 - len(verdicts))
         rows.append(
             f"| {case.name} | {case.attack} | {KINDS[case.kind]} | {' | '.join(verdicts)} | "
             f"{graded[0]['reason']} | "

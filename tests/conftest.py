@@ -22,6 +22,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="rewrite docs/RELIABILITY.md from this run's adversarial catalogue (tests/test_adversarial.py)",
     )
+    parser.addoption(
+        "--all-sandboxes",
+        action="store_true",
+        help="grade every executed notebook of the adversarial catalogue in both sandboxes, not only "
+        "those that attack the sandbox (.ci/run passes it in a second run of tests/test_adversarial.py)",
+    )
 
 
 # The longest files first, so pytest-xdist (--dist loadfile --no-loadscope-reorder) starts the

@@ -268,10 +268,20 @@ def test_run_autograder_gives_the_solution_full_marks(autograder, tmp_path):
 
 @pytest.mark.notebook
 def test_run_autograder_names_the_causes_for_the_unfinished_student_notebook(autograder, tmp_path):
+    """The released student notebook, unfilled (also the grader's own path for it: the report's
+    execution and every check's cause)."""
     results, _, _ = run_autograder(autograder, tmp_path, {"lab/sd_lora_lab.ipynb": STUDENT.read_bytes()})
     assert results["score"] == 0 and results["extra_data"]["status"] == "graded"
     assert "step 1 failed" in results["output"] and "TODO" in results["output"]
     assert all(t["status"] == "failed" and "step 1 failed" in t["output"] for t in results["tests"])
+    execution = results["extra_data"]["execution"]
+    assert execution["failure"].startswith(
+        "step 1 failed: NotImplementedError: Step 1: TODO: make baseline_image"
+    )
+    assert execution["steps_completed"] == 0 and len(results["tests"]) == 3
+    # every check belongs to step 2 or later, so each names the step that failed and why
+    assert all(execution["failure"] in t["output"] for t in results["tests"])
+    assert "Traceback" not in results["output"]
 
 
 @pytest.mark.notebook
