@@ -194,22 +194,22 @@ def _resolve_file(model: str, path: Path, config: str | os.PathLike[str] | None)
 
 
 def _is_builtin_checkpoint(model: str, path: Path) -> bool:
-    """Whether the checkpoint has the original (LDM) keys with the built-in model's shapes."""
+    """Whether the checkpoint has the original (LDM) keys with the built-in model's shapes (read from
+    its header only, without torch)."""
     import json
 
+    from safetensors import SafetensorError, safe_open
+
+    key = "model.diffusion_model.input_blocks.0.0.weight"
     try:
-        with open(path, "rb") as file:
-            size = int.from_bytes(file.read(8), "little")
-            if not 0 < size <= 100 * 2**20:
-                raise ValueError
-            header = json.loads(file.read(size))
-    except (OSError, ValueError):
+        with safe_open(str(path), framework="numpy") as checkpoint:
+            shape = checkpoint.get_slice(key).get_shape() if key in checkpoint.keys() else None
+    except (OSError, SafetensorError):
         raise LabError(
             f"model file '{model}' is not a readable safetensors file (empty, truncated or another "
             "format): download it again"
         ) from None
-    conv_in = header.get("model.diffusion_model.input_blocks.0.0.weight")
-    if not isinstance(conv_in, dict):
+    if shape is None:
         raise LabError(
             f"model file '{model}' is not a Stable Diffusion checkpoint (no model.diffusion_model.* "
             "keys): give the base model's checkpoint or folder (an adapter goes to load_adapter)"
@@ -217,7 +217,7 @@ def _is_builtin_checkpoint(model: str, path: Path) -> bool:
     from lab_utils.tiny import tiny_model_dir
 
     unet = json.loads((tiny_model_dir() / "unet" / "config.json").read_text())
-    return conv_in.get("shape") == [unet["block_out_channels"][0], unet["in_channels"], 3, 3]
+    return list(shape) == [unet["block_out_channels"][0], unet["in_channels"], 3, 3]
 
 
 def load_pipeline(
