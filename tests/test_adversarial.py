@@ -566,7 +566,7 @@ def test_each_sandbox_mode_blocks_what_it_claims(tmp_path: Path, monkeypatch, re
     import uuid
 
     from grader.config import Limits
-    from grader.execute.sandbox import PRIVATE, prepare
+    from grader.execute.sandbox import PRIVATE, launcher_spec, prepare
 
     submissions = tmp_path / "submissions"
     submissions.mkdir()
@@ -611,18 +611,8 @@ def test_each_sandbox_mode_blocks_what_it_claims(tmp_path: Path, monkeypatch, re
         for folder in (run_dir, *(run_dir / sub for sub in PRIVATE)):
             folder.mkdir()
             os.chown(folder, 65534, 65534)
-        spec = {
-            "mode": "namespaces",
-            "status": str(run_dir / "work" / "status.json"),
-            "cgroups": [],
-            "memory_bytes": 2**30,
-            "memory_cgroup": False,
-            "processes": 256,
-            "file_bytes": 2**20,
-            "writable": [str(run_dir / sub) for sub in PRIVATE],
-            "hidden": [str(theirs)],
-            "workdir": str(run_dir / "work"),
-        }
+        limits = Limits(memory_gb=1, processes=256, file_size_mb=1)
+        spec = launcher_spec(run_dir, "namespaces", limits, hidden=[str(theirs)])
         (run_dir / "spec.json").write_text(json.dumps(spec))
         outside.touch()
         os.chmod(outside, 0o666)

@@ -24,6 +24,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -96,10 +97,7 @@ def launch(spec_path: str, argv: list[str]) -> None:
         try:
             _enter_namespaces(spec, argv, status, fd)
         except SetupError as error:
-            status["error"] = str(error)
-            os.write(fd, json.dumps(status).encode())
-            sys.stderr.write(f"sandbox: {error}\n")
-            os._exit(SETUP_FAILED)
+            _setup_failed(error, status, fd)
     else:
         status["network"] = "not isolated (--sandbox none)"
         status["filesystem"] = "not isolated (--sandbox none)"
@@ -225,11 +223,16 @@ def _enter_namespaces(spec: dict, argv: list[str], status: dict, status_fd: int)
             os._exit(127)
         _drop_privileges(libc)
     except SetupError as error:
-        status["error"] = str(error)
-        os.write(status_fd, json.dumps(status).encode())
-        sys.stderr.write(f"sandbox: {error}\n")
-        os._exit(SETUP_FAILED)
+        _setup_failed(error, status, status_fd)
     _init(kernel)
+
+
+def _setup_failed(error: SetupError, status: dict, status_fd: int) -> NoReturn:
+    """The kernel must not start: say why in the status file and on stderr (the kernel's log)."""
+    status["error"] = str(error)
+    os.write(status_fd, json.dumps(status).encode())
+    sys.stderr.write(f"sandbox: {error}\n")
+    os._exit(SETUP_FAILED)
 
 
 def _relay_and_wait(child: int) -> None:

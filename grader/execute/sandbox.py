@@ -230,20 +230,40 @@ def prepare(
         sandbox.notes.append(f"control groups only for {', '.join(sorted(controllers))}")
     if mode == "none":
         sandbox.notes.append("sandbox off (--sandbox none): filesystem, processes and network not isolated")
-    spec = {
+    spec = launcher_spec(
+        run_dir,
+        mode,
+        limits,
+        cgroups=sandbox.cgroups,
+        memory_cgroup=memory_cgroup,
+        hidden=hideable([runs_root(), Path("/run"), *hidden], needed),
+    )
+    (run_dir / "sandbox-spec.json").write_text(json.dumps(spec))
+    return sandbox
+
+
+def launcher_spec(
+    run_dir: Path,
+    mode: str,
+    limits: Limits,
+    cgroups: list[Path] | None = None,
+    memory_cgroup: bool = False,
+    hidden: list[str] | None = None,
+) -> dict:
+    """What the launcher applies (grader/execute/launcher.py): the mode, the limits, the run's
+    private folders (``PRIVATE`` under ``run_dir``, which must exist) and the folders to hide."""
+    return {
         "mode": mode,
         "status": str(run_dir / STATUS_FILE),
-        "cgroups": [str(g) for g in sandbox.cgroups],
+        "cgroups": [str(g) for g in cgroups or []],
         "memory_bytes": int(limits.memory_gb * 2**30),
         "memory_cgroup": memory_cgroup,
         "processes": int(limits.processes),
         "file_bytes": int(limits.file_size_mb * 2**20),
         "writable": [str(run_dir / sub) for sub in PRIVATE],
-        "hidden": hideable([runs_root(), Path("/run"), *hidden], needed),
-        "workdir": str(sandbox.workdir),
+        "hidden": list(hidden or []),
+        "workdir": str(run_dir / "work"),
     }
-    (run_dir / "sandbox-spec.json").write_text(json.dumps(spec))
-    return sandbox
 
 
 def hideable(folders: list[Path], kernel_needs: tuple[str | Path, ...] = ()) -> list[str]:
@@ -285,18 +305,7 @@ def namespaces_problem() -> str | None:
         for sub in PRIVATE:
             (run_dir / sub).mkdir()
         outside = run_dir / "outside.txt"
-        spec = {
-            "mode": "namespaces",
-            "status": str(run_dir / STATUS_FILE),
-            "cgroups": [],
-            "memory_bytes": 2**30,
-            "memory_cgroup": False,
-            "processes": 64,
-            "file_bytes": 2**20,
-            "writable": [str(run_dir / sub) for sub in PRIVATE],
-            "hidden": [],
-            "workdir": str(run_dir / "work"),
-        }
+        spec = launcher_spec(run_dir, "namespaces", Limits(memory_gb=1, processes=64, file_size_mb=1))
         (run_dir / "spec.json").write_text(json.dumps(spec))
         probe = "\n".join(
             [
