@@ -40,11 +40,7 @@ def save_artefacts(directory: str | os.PathLike[str], namespace: dict) -> None:
     """Save what the notebook produced. Never raises: problems are recorded in the manifest.
 
     peft (and with it torch) is only looked at when the notebook imported it: a kernel that never
-    did holds no PEFT model, and the cell then costs milliseconds, not seconds of imports."""
-    from lab_utils.metrics import RECORD_KEY
-
-    PeftModel = getattr(sys.modules.get("peft"), "PeftModel", None)
-
+    did holds no adapter, and the cell then costs milliseconds, not seconds of imports."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict = {"images": {}, "adapter": None, "errors": []}
@@ -56,35 +52,81 @@ def save_artefacts(directory: str | os.PathLike[str], namespace: dict) -> None:
             manifest["errors"].append(f"{what}: {type(error).__name__}: {error}")
 
     for name in IMAGE_NAMES:
-        image = namespace.get(name)
-        if isinstance(image, Image.Image):
-
-            def save_image(name=name, image=image) -> None:
-                image.convert("RGB").save(out / f"{name}.png")
-                record = image.info.get(RECORD_KEY)
-                manifest["images"][name] = {
-                    "file": f"{name}.png",
-                    "record": record if isinstance(record, dict) else None,
-                }
-
-            attempt(name, save_image)
-
-    peft_models: list[Any] = []
-    if isinstance(PeftModel, type):
-        peft_models = [v for k, v in namespace.items() if not k.startswith("_") and isinstance(v, PeftModel)]
-        if isinstance(namespace.get("unet"), PeftModel):
-            peft_models.insert(0, namespace["unet"])
-    if peft_models:
-
-        def save_adapter() -> None:
-            peft_models[0].save_pretrained(str(out / "adapter"))
-            manifest["adapter"] = "adapter"
-
-        attempt("adapter", save_adapter)
-
+        if namespace.get(name) is not None:
+            attempt(name, lambda name=name: _save_image(out, name, namespace[name], manifest))
+    if "peft" in sys.modules:
+        attempt("adapter", lambda: _save_adapter(out, namespace, manifest))
     attempt("evaluation", lambda: _save_evaluation(out, namespace, manifest))
     attempt("exports", lambda: _save_exports(out, namespace, manifest))
     write_json(out / MANIFEST, manifest)
+
+
+def _save_image(out: Path, name: str, value: Any, manifest: dict) -> None:
+    """An image however the pipeline returned it (PIL, a 0–1 numpy array or tensor, uint8 pixels; a
+    list of one), saved as PNG with its record: the one it carries, else the one the library-boundary
+    recording (lab_utils.recording) kept for a pipeline output with these pixels."""
+    from lab_utils import recording
+    from lab_utils.metrics import RECORD_KEY
+
+    if isinstance(value, list | tuple) and len(value) == 1:
+        value = value[0]
+    pixels = recording.as_pixels(value)
+    if pixels is None:
+        raise TypeError(f"{name} is a {type(value).__name__}, not an image (keep the PIL image: .images[0])")
+    record = value.info.get(RECORD_KEY) if isinstance(value, Image.Image) else None
+    if not isinstance(record, dict):
+        record = recording.record_for(pixels)
+    Image.fromarray(pixels).save(out / f"{name}.png")
+    manifest["images"][name] = {"file": f"{name}.png", "record": record if isinstance(record, dict) else None}
+
+
+def _lora_unets(namespace: dict) -> list[tuple[str, Any]]:
+    """(where, model) for every U-Net in the notebook that carries PEFT LoRA layers however they
+    were attached — ``unet`` first, then other variables, then each pipeline's ``.unet`` — each
+    model once."""
+    import torch
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    def carries_lora(value) -> bool:
+        return isinstance(value, PeftModel) or (
+            isinstance(value, torch.nn.Module)
+            and isinstance(getattr(value, "peft_config", None), dict)
+            and any(isinstance(m, BaseTunerLayer) for m in value.modules())
+        )
+
+    names = [k for k in namespace if not k.startswith("_")]
+    names.sort(key=lambda k: (k != "unet", not isinstance(namespace[k], PeftModel), k != "pipe"))
+    places = [(k, lambda k=k: namespace[k]) for k in names]
+    places += [(f"{k}.unet", lambda k=k: getattr(namespace[k], "unet", None)) for k in names]
+    found: list[tuple[str, Any]] = []
+    seen: set[int] = set()
+    for where, value_of in places:
+        try:
+            value = value_of()
+            if not carries_lora(value):
+                continue
+        except Exception:  # noqa: BLE001 — an object whose attributes raise is not a U-Net
+            continue
+        base = value.get_base_model() if isinstance(value, PeftModel) else value
+        if id(base) not in seen:
+            seen.add(id(base))
+            found.append((where, value))
+    return found
+
+
+def _save_adapter(out: Path, namespace: dict, manifest: dict) -> None:
+    """The active LoRA adapter of the notebook's U-Net, as a PEFT folder (lab_utils.save_adapter)."""
+    found = _lora_unets(namespace)
+    if not found:
+        return
+    from lab_utils.lora import active_adapter, save_adapter
+
+    where, model = found[0]
+    adapter = active_adapter(model, f"`{where}`")
+    save_adapter(model, out / "adapter")
+    manifest["adapter"] = "adapter"
+    manifest["adapter_source"] = {"variable": where, "adapter": adapter.name, "adapters": list(adapter.names)}
 
 
 MAX_EXPORTS = 4  # exported adapter files copied for the optional export check
@@ -141,6 +183,7 @@ class Artefacts:
     errors: list[str] = field(default_factory=list)
     exports: dict[str, Path] = field(default_factory=dict)  # variable name → exported adapter file
     evaluation: dict | None = None  # the notebook's held-out evaluation, as it claimed it
+    adapter_source: dict | None = None  # {"variable", "adapter", "adapters"}: where the saver found it
 
 
 MAX_RANK = 1024  # a forged adapter_config.json must not make the grader allocate without bound
@@ -182,6 +225,9 @@ def read_artefacts(directory: Path) -> Artefacts:
             found.adapter_dir = directory / "adapter"
         else:
             found.errors.append(f"adapter: {problem}")
+        source = manifest.get("adapter_source")
+        if _adapter_source_ok(source):
+            found.adapter_source = source
     exports = manifest.get("exports")
     for name, file in exports.items() if isinstance(exports, dict) else []:
         path = directory / "exports" / f"{name}.safetensors"
@@ -208,6 +254,20 @@ def read_artefacts(directory: Path) -> Artefacts:
     if isinstance(errors, list):
         found.errors += [str(e)[:500] for e in errors[:20]]
     return found
+
+
+def _adapter_source_ok(source) -> bool:
+    def name(value) -> bool:
+        return isinstance(value, str) and 0 < len(value) <= 100
+
+    return (
+        isinstance(source, dict)
+        and name(source.get("variable"))
+        and name(source.get("adapter"))
+        and isinstance(source.get("adapters"), list)
+        and 0 < len(source["adapters"]) <= 20
+        and all(name(a) for a in source["adapters"])
+    )
 
 
 def adapter_problem(folder: Path) -> str | None:

@@ -40,6 +40,15 @@ def reflections(nb: nbformat.NotebookNode) -> list[dict]:
     return answers
 
 
+def adapter_notes(artefacts) -> list[str]:
+    """Which adapter was graded, when the U-Net carried several."""
+    source = artefacts.adapter_source
+    if not source or len(source["adapters"]) < 2:
+        return []
+    others = ", ".join(f"'{a}'" for a in source["adapters"] if a != source["adapter"])
+    return [f"graded the active adapter '{source['adapter']}' of `{source['variable']}` (also there: {others})"]
+
+
 def grade_notebook(
     notebook: str | Path,
     model: str | ModelSpec = "tiny",
@@ -100,8 +109,9 @@ def grade_notebook(
             "artefact_errors": artefacts.errors,
             "sandbox": execution.sandbox,
             "isolation_gaps": execution.isolation,
+            "adapter": artefacts.adapter_source,
         }
-        report.notes = execution.notes
+        report.notes = execution.notes + adapter_notes(artefacts)
         save()
         # 3. checks: recomputed here, on the grader's own base model
         for result in verify(artefacts, spec, config, execution.failure):

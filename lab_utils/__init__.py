@@ -25,9 +25,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from lab_utils import recording
 from lab_utils.quiet import silence_known_warnings
 
 silence_known_warnings()  # logging only: before any module of the package imports diffusers
+recording.install()  # how each pipeline call's images were made (imports nothing until diffusers is)
 
 _EXPORTS = {
     "lab_utils.adapters": ("diagnose_adapter", "export_adapter", "load_lora"),

@@ -14,7 +14,7 @@ from pathlib import Path
 from lab_utils.errors import LabError
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """This process's umask, read without changing it (Linux), else the usual 022."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -35,8 +35,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(name)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
+        # after the write: a writer that replaces the file (safetensors' save_file) leaves mkstemp's 0600
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
 
 from lab_utils.errors import LabError
+from lab_utils.files import current_umask
 from lab_utils.targets import TARGET_PRESETS
 
 Targets = str | Sequence[str]
@@ -94,24 +99,97 @@ def lora_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if "lora_" in n}
 
 
-def adapter_grad_norms(model: torch.nn.Module) -> dict[str, float]:
-    """The L2 norm of each adapter tensor's ``.grad`` (0.0 where there is none). Syncs the device."""
-    return {
-        n: (p.grad.detach().float().norm().item() if p.grad is not None else 0.0)
-        for n, p in lora_parameters(model).items()
-    }
+class GradNorms(dict):
+    """{adapter tensor name: L2 norm of its gradient}; ``cleared`` when every trainable tensor's
+    gradient was cleared (``optimizer.zero_grad()`` after the step) rather than computed as zero."""
+
+    cleared: bool = False
+
+    def summary(self) -> str:
+        """The one line the notebook prints."""
+        if self.cleared:
+            return (
+                "gradients were cleared by zero_grad after the step: read them before, or zero_grad "
+                "before backward"
+            )
+        return f"adapter tensors with nonzero gradient: {sum(v > 0 for v in self.values())}/{len(self)}"
 
 
-def save_adapter(unet: PeftModel, directory: str | os.PathLike[str]) -> Path:
-    """``save_pretrained``: adapter_config.json + adapter_model.safetensors, written atomically."""
-    if not isinstance(unet, PeftModel):
-        raise LabError("save_adapter needs the PEFT-wrapped U-Net returned by get_peft_model/attach_lora")
+def adapter_grad_norms(model: torch.nn.Module) -> GradNorms:
+    """The L2 norm of each adapter tensor's ``.grad`` (0.0 where there is none). Syncs the device.
+
+    When no trainable adapter tensor has a gradient although the adapter was trained (its weights
+    moved) — PyTorch's ``optimizer.zero_grad()`` (``set_to_none=True``) ran after the step — the
+    result is marked ``cleared``: those gradients were cleared, not zero (``summary()`` says so)."""
+    parameters = lora_parameters(model)
+    norms = GradNorms(
+        (n, p.grad.detach().float().norm().item() if p.grad is not None else 0.0) for n, p in parameters.items()
+    )
+    trainable = [p for p in parameters.values() if p.requires_grad]
+    lora_b = [p for n, p in parameters.items() if "lora_B" in n]
+    norms.cleared = bool(trainable) and all(p.grad is None for p in trainable) and any(p.detach().any() for p in lora_b)
+    return norms
+
+
+@dataclass(frozen=True)
+class ActiveAdapter:
+    """The LoRA adapter a U-Net generates with, however it was attached."""
+
+    name: str
+    config: LoraConfig
+    names: tuple[str, ...]  # every adapter on the U-Net
+
+
+def active_adapter(model: torch.nn.Module, where: str = "the U-Net") -> ActiveAdapter:
+    """The one active LoRA adapter of ``model`` — a ``get_peft_model`` result, or a U-Net given
+    adapters by diffusers' ``add_adapter``/``load_lora_weights`` or PEFT's ``inject_adapter_in_model``.
+
+    Raises:
+        LabError: no LoRA layers, several adapters active at once, or an adapter that is not LoRA.
+    """
+    configs = getattr(model, "peft_config", None)
+    active = {tuple(m.active_adapters) for m in model.modules() if isinstance(m, BaseTunerLayer)}
+    if not isinstance(configs, dict) or not active:
+        raise LabError(
+            f"{where} has no LoRA layers: attach them with get_peft_model(pipe.unet, LoraConfig(...)) "
+            "or pipe.unet.add_adapter(LoraConfig(...))"
+        )
+    names = sorted({name for names in active for name in names})
+    if len(names) != 1:
+        raise LabError(
+            f"several adapters are active at once on {where} ({', '.join(names)}): the grader grades one — "
+            f"choose it with set_adapter('{names[-1]}') (diffusers: pipe.set_adapters('{names[-1]}'))"
+        )
+    config = configs.get(names[0])
+    if not isinstance(config, LoraConfig):
+        raise LabError(f"the active adapter '{names[0]}' on {where} is {type(config).__name__}, not LoRA")
+    return ActiveAdapter(names[0], config, tuple(configs))
+
+
+def adapter_state(model: torch.nn.Module, adapter: ActiveAdapter | None = None) -> dict[str, torch.Tensor]:
+    """{module path + ".lora_A.weight" | ".lora_B.weight": tensor} of the active adapter, module
+    paths as in the plain U-Net (no ``base_model.model.`` prefix)."""
+    adapter = adapter or active_adapter(model)
+    state = get_peft_model_state_dict(model, adapter_name=adapter.name)
+    return {k.removeprefix("base_model.model."): v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def save_adapter(unet: torch.nn.Module, directory: str | os.PathLike[str]) -> Path:
+    """The active adapter as PEFT shares it — adapter_config.json + adapter_model.safetensors, what
+    ``save_pretrained`` writes and ``PeftModel.from_pretrained``/``load_adapter`` read — written
+    atomically. ``unet``: a ``get_peft_model`` result or a U-Net with LoRA layers however attached."""
+    adapter = active_adapter(unet, "this U-Net")
+    state = {f"base_model.model.{k}": v for k, v in adapter_state(unet, adapter).items()}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=directory))
     try:
-        unet.save_pretrained(str(tmp))
+        config = copy.deepcopy(adapter.config)
+        config.inference_mode = True  # as save_pretrained writes it
+        config.save_pretrained(str(tmp))
+        save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         for item in tmp.iterdir():
+            os.chmod(item, 0o666 & ~current_umask())
             os.replace(item, directory / item.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -492,7 +492,11 @@ KINDS = {
 def render_reliability(
     results: dict[tuple[str, str], dict], fuzz: dict[str, int], modes: dict[str, dict]
 ) -> str:
-    """docs/RELIABILITY.md for a run that graded every case (``modes``: what each sandbox enforced)."""
+    """docs/RELIABILITY.md for a run that graded every case (``modes``: what each sandbox enforced);
+    the honest catalogue's section (tests/test_honest.py writes it) is kept as it is."""
+    from honest import honest_section
+
+    honest = honest_section(RELIABILITY.read_text()) if RELIABILITY.is_file() else ""
     rows = []
     for case in CASES:
         graded = [
@@ -533,6 +537,7 @@ def render_reliability(
             f"escapes {escapes} · grader crashes {crashes} · "
             f"verdicts as expected {expected}/{len(results)}.**",
             "",
+            *([honest, ""] if honest else []),
             "| submission | what it tries | graded as | verdict (bubblewrap) | verdict (bubblewrap hidden) "
             "| the grader's reason | as expected |",
             "|---|---|---|---|---|---|---|",

@@ -23,6 +23,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="rewrite docs/RELIABILITY.md from this run's adversarial catalogue (tests/test_adversarial.py)",
     )
     parser.addoption(
+        "--all-honest",
+        action="store_true",
+        help="grade every correct lab of the honest catalogue (tests/test_honest.py), not only the quick "
+        "ones (.ci/run's last step)",
+    )
+    parser.addoption(
         "--all-sandboxes",
         action="store_true",
         help="grade every executed notebook of the adversarial catalogue in both sandboxes, not only "
@@ -35,6 +41,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 SLOWEST_FIRST = (
     "test_going_further.py",
     "test_adversarial.py",
+    "test_honest.py",
     "test_course.py",
     "test_slurm.py",
     "test_gradescope.py",

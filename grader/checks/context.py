@@ -5,7 +5,7 @@ anything is regenerated from them. Nothing the learner's kernel computed is trus
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import diffusers
@@ -80,7 +80,8 @@ class Context:
 
     def record(self, name: str) -> tuple[GenerationRecord | None, str | None]:
         """The image's generation record, checked for type and range (the kernel could write
-        anything) and against the saved image's size; or the reason it cannot be used."""
+        anything) and against the saved image's size; or the reason it cannot be used, in the
+        learner's terms (their call, their variable)."""
         data = self.artefacts.records.get(name)
         if not isinstance(data, dict):
             return None, None
@@ -88,40 +89,113 @@ class Context:
             record = GenerationRecord(**data)
         except TypeError:
             return None, f"{name}'s generation record has unexpected fields"
-        checks = [
-            ("prompt", isinstance(record.prompt, str) and len(record.prompt) <= 2000),
-            ("seed", is_int(record.seed) and 0 <= record.seed < 2**63),
+        call = record.call if isinstance(record.call, str) else None
+        made = f" (`{call[:120]}`)" if call else ""
+        seed_text = record.seed if is_int(record.seed) else "SEED"
+        if record.unreproducible is not None:
+            why = str(record.unreproducible)[:80]
+            if why == "used_generator":
+                return None, (
+                    f"{name} cannot be reproduced{made}: the generator was used before this call: its state is "
+                    f"no longer seed {seed_text} — reseed it right before the call "
+                    f"(generator=torch.Generator('cpu').manual_seed({seed_text}))"
+                )
+            if why == "no_seed":
+                return None, (
+                    f"{name} was made without a seed{made}: it cannot be reproduced — pass "
+                    "generator=torch.Generator('cpu').manual_seed(SEED)"
+                )
+            argument = why.removeprefix("unsupported:")
+            return None, (
+                f"{name} was made with {argument}={made}, which the grader cannot redo from a record: leave "
+                f"{argument} out (prompt, negative_prompt, height, width, num_inference_steps, guidance_scale, "
+                "generator and cross_attention_kwargs={'scale': ...} are all reproducible)"
+            )
+        bad = [field for field, ok in self._record_fields(name, record) if not ok]
+        if bad:
+            value = getattr(record, bad[0])
+            return None, (
+                f"{name}'s generation record is not one lab_utils.generate or a pipeline call wrote "
+                f"({bad[0]} = {str(value)[:40]!r} is out of range or does not match the saved image)"
+            )
+        if record.generator_device != "cpu" and not _device_available(record.generator_device):
+            return None, (
+                f"{name} was drawn from a {record.generator_device} generator{made}, which this grader cannot "
+                "redraw: draw the noise on the CPU (generator=torch.Generator('cpu').manual_seed(SEED)) — "
+                "the same seed then gives the same image on every device"
+            )
+        return record, None
+
+    def _record_fields(self, name: str, record: GenerationRecord) -> list[tuple[str, bool]]:
+        prompts = record.prompt if isinstance(record.prompt, list) else [record.prompt]
+        negatives = record.negative_prompt if isinstance(record.negative_prompt, list) else [record.negative_prompt]
+        seeds = record.seed if isinstance(record.seed, list) else [record.seed]
+        images = len(prompts) * record.images_per_prompt if is_int(record.images_per_prompt) else 0
+        config = record.scheduler_config
+        return [
+            ("prompt", 1 <= len(prompts) <= MAX_IMAGES and all(isinstance(p, str) and len(p) <= 2000 for p in prompts)),
+            (
+                "negative_prompt",
+                record.negative_prompt is None
+                or (len(negatives) in (1, len(prompts)) and all(isinstance(p, str) and len(p) <= 2000 for p in negatives)),
+            ),
+            ("seed", all(is_int(s) and 0 <= s < 2**63 for s in seeds) and len(seeds) in (1, images)),
             ("steps", is_int(record.steps) and 1 <= record.steps <= MAX_STEPS),
             ("guidance", is_number(record.guidance) and 0 <= record.guidance <= 50),
-            ("size", is_int(record.size) and self.artefacts.images[name].size == (record.size, record.size)),
+            ("images_per_prompt", is_int(record.images_per_prompt) and 1 <= images <= MAX_IMAGES),
+            ("index", is_int(record.index) and 0 <= record.index < images),
+            *[
+                (side, is_int(getattr(record, side)) and 8 <= getattr(record, side) <= 2048)
+                for side in ("height", "width")
+            ],
+            ("size", self.artefacts.images[name].size == record.size),
             (
                 "lora_scale",
                 record.lora_scale is None or (is_number(record.lora_scale) and abs(record.lora_scale) <= 10),
             ),
+            ("scheduler", record.scheduler is None or (isinstance(record.scheduler, str) and len(record.scheduler) <= 100)),
+            ("scheduler_config", config is None or _scheduler_config_ok(config)),
+            ("generator_device", record.generator_device in ("cpu", "cuda", "mps")),
+            ("options", _options_ok(record.options)),
         ]
-        bad = [field for field, ok in checks if not ok]
-        if bad:
-            value = getattr(record, bad[0])
-            return None, (
-                f"{name}'s generation record is not one lab_utils.generate wrote ({bad[0]} = "
-                f"{str(value)[:40]!r} is out of range or does not match the saved image)"
-            )
-        return record, None
 
     def regenerate(self, record: GenerationRecord, adapted: bool):
         """The image ``record`` describes, with the adapter on (at its recorded scale) or off."""
+        from lab_utils.generation import regenerate
+
         assert self.peft_unet is not None
         if adapted:
-            return lab_utils.generate(
-                self.pipe,
-                record.prompt,
-                record.seed,
-                record.steps,
-                record.guidance,
-                record.size,
-                record.lora_scale,
-            )
+            return regenerate(self.pipe, record)
         with self.peft_unet.disable_adapter():
-            return lab_utils.generate(
-                self.pipe, record.prompt, record.seed, record.steps, record.guidance, record.size
-            )
+            return regenerate(self.pipe, replace(record, lora_scale=None))
+
+
+MAX_IMAGES = 8  # images one recorded call may make (all are regenerated to redraw one)
+OPTION_RANGES = {"eta": (0.0, 1.0), "guidance_rescale": (0.0, 1.0), "clip_skip": (0, 12)}
+
+
+def _options_ok(options) -> bool:
+    return isinstance(options, dict) and all(
+        key in OPTION_RANGES and is_number(value) and OPTION_RANGES[key][0] <= value <= OPTION_RANGES[key][1]
+        for key, value in options.items()
+    )
+
+
+def _scheduler_config_ok(config) -> bool:
+    """Small, JSON, and nothing that makes a scheduler allocate without bound."""
+    import json
+
+    if not isinstance(config, dict):
+        return False
+    try:
+        text = json.dumps(config)
+    except (TypeError, ValueError):
+        return False
+    timesteps = config.get("num_train_timesteps", 1000)
+    return len(text) <= 4000 and config.get("trained_betas") is None and is_int(timesteps) and 1 <= timesteps <= 10000
+
+
+def _device_available(device: str) -> bool:
+    import torch
+
+    return device == "cuda" and torch.cuda.is_available()

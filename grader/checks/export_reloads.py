@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 def run(context: Context, settings: CheckSettings) -> CheckResult:
     import lab_utils
     from lab_utils.adapters import diagnose_adapter, load_lora
+    from lab_utils.generation import regenerate
 
     tolerance = settings.options["image_tolerance"]
     result = CHECK.result(measured="none", expected="all reproduce")
@@ -32,10 +33,10 @@ def run(context: Context, settings: CheckSettings) -> CheckResult:
         return result.fail("no_reference", "adapted_image is needed to compare the export with (step 4)")
     record, problem = context.record("adapted_image")
     if problem:
-        return result.fail("no_reference", f"inconsistent: {problem}")
+        return result.fail("no_reference", problem)
     if record is None:
         return result.fail(
-            "no_reference", "adapted_image has no generation record: make it with lab_utils.generate"
+            "no_reference", "adapted_image has no generation record: make it with a pipeline call or lab_utils.generate"
         )
     reference = context.regenerate(record, adapted=True)
     fresh = lab_utils.load_pipeline(context.model)
@@ -51,9 +52,7 @@ def run(context: Context, settings: CheckSettings) -> CheckResult:
                 f"{name} does not load onto the base model: {str(error).splitlines()[0][:300]}",
             )
         fresh.set_adapters(name)
-        image = lab_utils.generate(
-            fresh, record.prompt, record.seed, record.steps, record.guidance, record.size, record.lora_scale
-        )
+        image = regenerate(fresh, record)
         differences[name] = lab_utils.mean_abs_diff(image, reference)
         fresh.delete_adapters(name)
     result.details["mean_abs_diff_to_adapted"] = differences

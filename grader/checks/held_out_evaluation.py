@@ -86,7 +86,8 @@ def run(context: Context, settings: CheckSettings) -> CheckResult:
             "training_prompt_only",
             "only the training prompt was evaluated: pass held-out prompts (held_out=...)",
         )
-    settings_record = GenerationRecord("", 0, steps, guidance, lab_utils.native_size(context.pipe))
+    side = lab_utils.native_size(context.pipe)
+    settings_record = GenerationRecord(prompt="", seed=0, steps=steps, guidance=guidance, height=side, width=side)
     budget = MAX_SAMPLES
     for claim in found:
         if len(claim.pairs) > budget:

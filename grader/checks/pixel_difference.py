@@ -14,6 +14,13 @@ if TYPE_CHECKING:
     from grader.config import CheckSettings
 
 IMAGES = ("baseline_image", "adapted_image")
+# a record's fields as the learner passed them to the pipeline
+NAMES = {"steps": "num_inference_steps", "guidance": "guidance_scale", "images_per_prompt": "num_images_per_prompt"}
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
 
 
 def run(context: Context, settings: CheckSettings) -> CheckResult:
@@ -31,18 +38,26 @@ def run(context: Context, settings: CheckSettings) -> CheckResult:
             "`adapted_image`",
         )
     (base_record, base_problem), (adapted_record, adapted_problem) = (context.record(n) for n in IMAGES)
-    if base_problem or adapted_problem:
-        return result.fail("inconsistent", f"inconsistent: {base_problem or adapted_problem}")
+    problem = base_problem or adapted_problem
+    if problem:
+        cause = "inconsistent" if "record is not one" in problem or "unexpected fields" in problem else "unreproducible"
+        return result.fail(cause, f"inconsistent: {problem}" if cause == "inconsistent" else problem)
     if base_record is None or adapted_record is None:
+        name = IMAGES[0] if base_record is None else IMAGES[1]
         return result.fail(
             "no_record",
-            "an image has no generation record: make both images with "
-            "lab_utils.generate(pipe, prompt, seed=...)",
+            f"{name} has no generation record: it was not returned by a pipeline call in this notebook "
+            "(loaded from a file, or redrawn by hand) — make it with pipe(PROMPT, "
+            "generator=torch.Generator('cpu').manual_seed(SEED)).images[0] or lab_utils.generate(pipe, "
+            "PROMPT, seed=SEED)",
         )
+    base_settings, adapted_settings = base_record.settings(), adapted_record.settings()
     differing = [
-        f"{field} {getattr(base_record, field)!r} vs {getattr(adapted_record, field)!r}"
-        for field in ("prompt", "seed", "steps", "guidance", "size")
-        if getattr(base_record, field) != getattr(adapted_record, field)
+        f"{NAMES.get(field, field)} {_shown(base_settings[field])} vs {_shown(adapted_settings[field])}"
+        if field != "scheduler_config"
+        else "the scheduler's settings"
+        for field in base_settings
+        if base_settings[field] != adapted_settings[field]
     ]
     if differing:
         return result.fail(
@@ -122,7 +137,8 @@ CHECK = Check(
     },
     causes={
         "missing_images": "baseline_image or adapted_image not found",
-        "no_record": "an image has no generation record (not made with lab_utils.generate)",
+        "no_record": "an image has no generation record (not returned by a pipeline call)",
+        "unreproducible": "an image cannot be regenerated (no seed, a used generator, an argument not recorded)",
         "made_differently": "baseline and adapted images made with different prompt, seed or settings",
         "no_adapter": "no adapter was saved",
         "inconsistent": "inconsistent: a saved image is not what its record and this adapter produce",

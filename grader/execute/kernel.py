@@ -1,4 +1,6 @@
-"""The grader's kernel: ipykernel, after capping GPU memory when the grader asked for it."""
+"""The grader's kernel: ipykernel, after capping GPU memory when the grader asked for it and
+installing the library-boundary recording of pipeline calls (lab_utils.recording) — before any
+learner code runs, so every image a pipeline returns carries how it was made."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ from grader.execute.sandbox import GPU_FRACTION_ENV
 
 
 def main() -> None:
+    from lab_utils import recording
+
+    recording.install()
     fraction = os.environ.pop(GPU_FRACTION_ENV, None)
     if fraction:
         import torch

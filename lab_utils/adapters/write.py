@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel
-from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from lab_utils.adapters.schemes import (
@@ -27,27 +26,11 @@ from lab_utils.adapters.schemes import (
 )
 from lab_utils.errors import LabError
 from lab_utils.files import atomic_path
-from lab_utils.lora import save_adapter
+from lab_utils.lora import active_adapter, adapter_state, save_adapter
 
 
-def _peft_state(unet: PeftModel) -> dict[str, torch.Tensor]:
-    """{module path + ".lora_A.weight" | ".lora_B.weight": tensor}, module paths as in the U-Net."""
-    if not isinstance(unet, PeftModel):
-        raise LabError("export needs the PEFT-wrapped U-Net returned by get_peft_model/attach_lora")
-    state = get_peft_model_state_dict(unet)
-    return {k.removeprefix("base_model.model."): v.detach().cpu().contiguous() for k, v in state.items()}
-
-
-def _lora_config(unet: PeftModel) -> LoraConfig:
-    config = unet.peft_config["default"]
-    if not isinstance(config, LoraConfig):
-        raise LabError(f"the adapter is {type(config).__name__}, not LoRA")
-    return config
-
-
-def module_rank_alpha(unet: PeftModel, module: str) -> tuple[int, float]:
+def module_rank_alpha(config: LoraConfig, module: str) -> tuple[int, float]:
     """The (rank, alpha) PEFT uses for ``module``, rank_pattern/alpha_pattern included."""
-    config = _lora_config(unet)
     return (
         int(pattern_value(config.rank_pattern, module, config.r)),
         float(pattern_value(config.alpha_pattern, module, config.lora_alpha)),
@@ -75,7 +58,7 @@ def base_model_version(unet) -> str:
 
 
 def export_adapter(
-    unet: PeftModel,
+    unet: torch.nn.Module,
     path: str | os.PathLike[str],
     scheme: str = "kohya",
     trigger: str = "",
@@ -85,7 +68,8 @@ def export_adapter(
     epochs: int | None = None,
     name: str | None = None,
 ) -> Path:
-    """Write the adapter of ``unet`` as ``scheme``; returns the file (or, for peft, the folder).
+    """Write the active adapter of ``unet`` (a ``get_peft_model`` result or a U-Net with LoRA layers
+    however attached) as ``scheme``; returns the file (or, for peft, the folder).
 
     The kohya file's header is what the clients read: ``ss_base_model_version`` from the U-Net's
     shapes (``base_model`` overrides it), ``ss_tag_frequency`` with the trigger word and the training
@@ -96,8 +80,8 @@ def export_adapter(
     path = Path(path)
     if scheme == "peft":
         return save_adapter(unet, path)
-    state = _peft_state(unet)
-    config = _lora_config(unet)
+    adapter = active_adapter(unet, "this U-Net")
+    state, config = adapter_state(unet, adapter), adapter.config
     if scheme == "diffusers":
         from diffusers import StableDiffusionPipeline
 
@@ -116,7 +100,7 @@ def export_adapter(
         return path / DIFFUSERS_FILE
     tensors: dict[str, torch.Tensor] = {}
     for module in sorted(_modules(state)):
-        rank, alpha = module_rank_alpha(unet, module)
+        rank, alpha = module_rank_alpha(config, module)
         if config.use_rslora:  # PEFT scales by alpha/√r; kohya readers by alpha/r
             alpha = alpha * math.sqrt(rank)
         down, up, alpha_key = kohya_keys(module)
