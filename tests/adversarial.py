@@ -83,6 +83,62 @@ def baseline_plus_noise(namespace: dict) -> None:
     namespace["adapted_image"] = fake
 
 
+def record_by_hand(namespace: dict) -> None:
+    """The adapted image brightened by hand and given a record written by hand (every field a
+    pipeline call would record, claiming the baseline's seed)."""
+    import numpy as np
+    from PIL import Image
+
+    baseline = namespace["baseline_image"]
+    brighter = np.clip(np.asarray(baseline, dtype=np.int16) + 20, 0, 255).astype(np.uint8)
+    fake = Image.fromarray(brighter)
+    fake.info["sd_lora_lab"] = {**baseline.info["sd_lora_lab"], "call": "pipe(PROMPT, generator=g).images[0]"}
+    namespace["adapted_image"] = fake
+
+
+def pipeline_idioms(lr: float = 3e-3, adapted_seed: int = 0, claimed_seed: int | None = None):
+    """The lab in diffusers' idioms, in this process: ``pipe.unet.add_adapter``, both images from
+    plain pipeline calls (recorded by lab_utils.recording); ``claimed_seed``: the adapted image's
+    record edited to say that seed."""
+
+    def build(tmp: Path, pipe) -> Path:
+        import torch
+        from peft import LoraConfig
+
+        import lab_utils
+
+        def call(seed: int):
+            generator = torch.Generator("cpu").manual_seed(seed)
+            return pipe(lab_utils.TRAIN_PROMPT, num_inference_steps=10, generator=generator).images[0]
+
+        baseline = call(0)
+        torch.manual_seed(0)
+        pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+        image, prompt = lab_utils.training_example(lab_utils.native_size(pipe))
+        lab_utils.train_lora(pipe, pipe.unet, image, prompt, steps=20, lr=lr)
+        adapted = call(adapted_seed)
+        if claimed_seed is not None:
+            adapted.info["sd_lora_lab"] = {**adapted.info["sd_lora_lab"], "seed": claimed_seed}
+        return lab_artefacts(tmp / "artefacts", {"pipe": pipe, "baseline_image": baseline, "adapted_image": adapted})
+
+    return build
+
+
+HOOK_REPLACED = """
+from diffusers import StableDiffusionPipeline
+original = StableDiffusionPipeline.__call__.__wrapped__  # the library's own call, unobserved
+claimed = dict(baseline_image.info["sd_lora_lab"])
+def forged(self, *args, **kwargs):  # the recording replaced: every image claims the baseline's record
+    output = original(self, *args, **kwargs)
+    for image in output.images:
+        image.info["sd_lora_lab"] = dict(claimed)
+    return output
+StableDiffusionPipeline.__call__ = forged
+adapted_image = pipe(PROMPT, num_inference_steps=INFERENCE_STEPS, guidance_scale=GUIDANCE,
+                     generator=torch.Generator("cpu").manual_seed(SEED + 1)).images[0]
+"""
+
+
 def stored_outputs_lie(tmp: Path) -> Path:
     """The unfilled student notebook carrying the outputs of a successful run: every code cell shows
     the solution's success lines, execution counts included."""
@@ -441,6 +497,41 @@ CASES: list[Case] = [
         kind="artefacts",
         score=2,
         reasons={"pixel_difference": INCONSISTENT},
+    ),
+    Case(
+        "a record written by hand onto an image",
+        "learning rate 0; the adapted image brightened by hand and given a hand-written pipeline record",
+        artefacts(record_by_hand, lr=0.0),
+        score=1,
+        reasons={"pixel_difference": INCONSISTENT},
+        measured={"pixel_difference": "0.00"},
+        kind="artefacts",
+    ),
+    Case(
+        "a seed that was not the one used",
+        "learning rate 0 with diffusers' idioms (add_adapter, pipeline calls); the adapted image drawn "
+        "with seed 1, its record edited to say seed 0",
+        pipeline_idioms(lr=0.0, adapted_seed=1, claimed_seed=0),
+        score=1,
+        reasons={"adapter_gradients": LR0_CAUSE, "pixel_difference": INCONSISTENT},
+        kind="artefacts",
+    ),
+    Case(
+        "learning rate 0 with diffusers' idioms",
+        "`pipe.unet.add_adapter(...)`, trained with lr = 0, both images from plain pipeline calls",
+        pipeline_idioms(lr=0.0),
+        score=1,
+        reasons={"adapter_gradients": LR0_CAUSE, "pixel_difference": "mean_abs_diff = 0.0"},
+        measured={"parameter_count": "43,008", "pixel_difference": "0.00"},
+        kind="artefacts",
+    ),
+    Case(
+        "the recording hook removed and replaced",
+        "learning rate 0; the notebook restores diffusers' unobserved __call__ and replaces it with one "
+        "that stamps the baseline's record on every image, then draws the adapted image with seed 1",
+        solution_with(LR0, after=ADAPTED, cell=HOOK_REPLACED, quick=True),
+        score=1,
+        reasons={"adapter_gradients": LR0_CAUSE, "pixel_difference": INCONSISTENT},
     ),
     Case(
         "stored outputs claim success",

@@ -292,7 +292,7 @@ def test_fuzz_artefact_reader(manifest, pngs: bool, adapter_config, pickle: bool
         for name in found.images:
             record, problem = context.record(name)
             assert record is None or (
-                problem is None and 1 <= record.steps <= MAX_STEPS and record.size == 64
+                problem is None and 1 <= record.steps <= MAX_STEPS and record.size == (64, 64)
             )
 
 
