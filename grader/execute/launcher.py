@@ -10,7 +10,7 @@ namespaces): new mount, PID, IPC, UTS and network namespaces (a user namespace t
 every mount read-only except the run's writable folders; the grader's run folders and ``/run`` (its
 sockets) hidden under empty file systems; a fresh ``/proc`` (only the kernel's processes) with its
 system files read-only; a minimal ``/dev`` (null, zero, full, random, urandom, tty, the GPUs, a
-private ``/dev/shm``) — no disks; every capability dropped and ``no_new_privs`` set. Inside, a small
+private ``/dev/shm`` and pseudo-terminal instance) — no disks; every capability dropped and ``no_new_privs`` set. Inside, a small
 init (PID 1) relays signals and reaps orphans; the kernel is its child in a session of its own.
 """
 
@@ -339,6 +339,11 @@ def _build_filesystem(libc, spec: dict) -> None:
         ("stderr", "/proc/self/fd/2"),
     ):
         os.symlink(target, f"/dev/{name}")
+    # a private pseudo-terminal instance (as bubblewrap's --dev makes): IPython's `!cmd` and `%pip` run
+    # commands on a pty; the host's terminals stay unseen
+    os.mkdir("/dev/pts")
+    _mount(libc, "devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+    os.symlink("pts/ptmx", "/dev/ptmx")
     os.mkdir("/dev/shm")
     _mount(libc, "tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"size={spec['memory_bytes']},mode=1777")
     _mount(libc, None, "/dev", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755")
