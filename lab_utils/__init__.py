@@ -8,7 +8,7 @@ load and inspect   load_pipeline, resolve_model, ModelSpec, model_from_env, MODE
                    default_device, default_dtype, check_environment, describe
 LoRA               TARGET_PRESETS, lora_config, attach_lora, remove_lora, has_lora,
                    lora_parameter_count, lora_parameters, target_module_names,
-                   adapter_grad_norms, save_adapter, load_adapter
+                   adapter_grad_norms, GradNorms, active_adapter, save_adapter, load_adapter
 train              TRAIN_PROMPT, training_example, style_examples, encode_image, encode_prompt,
                    training_scheduler, train_lora, TrainResult
 generate, compare  generate, GenerationRecord, generation_record, native_size, mean_abs_diff,
@@ -41,6 +41,8 @@ _EXPORTS = {
     "lab_utils.evaluation": ("Evaluation", "evaluate", "held_out_prompts"),
     "lab_utils.generation": ("GenerationRecord", "generate", "generation_record", "native_size"),
     "lab_utils.lora": (
+        "GradNorms",
+        "active_adapter",
         "adapter_grad_norms",
         "attach_lora",
         "has_lora",
