@@ -118,6 +118,14 @@ class LoraSpec:
     def __post_init__(self) -> None:
         _validated(self)
 
+    @property
+    def target_modules(self) -> str | list[str]:
+        """``targets`` as ``LoraConfig(target_modules=...)`` takes it (a preset resolved)."""
+        if isinstance(self.targets, str):
+            value = TARGET_PRESETS[self.targets]
+            return list(value) if isinstance(value, list) else value
+        return list(self.targets)
+
 
 @dataclass(frozen=True)
 class Timeouts:

@@ -46,7 +46,9 @@ def adapter_notes(artefacts) -> list[str]:
     if not source or len(source["adapters"]) < 2:
         return []
     others = ", ".join(f"'{a}'" for a in source["adapters"] if a != source["adapter"])
-    return [f"graded the active adapter '{source['adapter']}' of `{source['variable']}` (also there: {others})"]
+    return [
+        f"graded the active adapter '{source['adapter']}' of `{source['variable']}` (also there: {others})"
+    ]
 
 
 def grade_notebook(

@@ -6,7 +6,9 @@ region: ``BEGIN SOLUTION`` / ``END SOLUTION`` (a region the student writes) and 
 TESTS`` / ``END HIDDEN TESTS`` (removed from the student version). A cell nbgrader marks as a
 solution (``nbgrader.solution: true``) without markers is a solution as a whole. The student's stub
 raises with the cell's ``lab.todo`` text, so running the unfinished notebook stops at the first
-TODO with a message saying what to write. Before anything is written, every student cell is checked:
+TODO with a message saying what to write — except in a cell marked ``lab.optional``, whose stub is the
+TODO comment alone (the cell's own code prints that it was skipped). Before anything is written,
+every student cell is checked:
 no marker and no line of a solution or hidden-test region may survive (one error naming the cell).
 """
 
@@ -86,7 +88,10 @@ def _whole_cell_solution(cell) -> bool:
 def _stub(cell, indent: str, step: int | None) -> list[str]:
     if cell.cell_type == "markdown":
         return [MARKDOWN_STUB]
-    todo = cell.get("metadata", {}).get("lab", {}).get("todo") or "complete this cell"
+    lab = cell.get("metadata", {}).get("lab", {})
+    todo = lab.get("todo") or "complete this cell"
+    if lab.get("optional"):  # the cell's own code says it was skipped while this is left
+        return [f"{indent}# TODO (optional: leave it and the cell prints that it was skipped): {todo}"]
     prefix = f"Step {step}: " if step is not None else ""
     return [f"{indent}# TODO: {todo}", f"{indent}raise NotImplementedError({prefix + 'TODO: ' + todo!r})"]
 

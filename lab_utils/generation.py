@@ -13,6 +13,7 @@ import linecache
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import FrameType
 
 import torch
 from PIL import Image
@@ -97,7 +98,7 @@ def _global_generator(pipe) -> torch.Generator:
 def _caller_line() -> str | None:
     """The learner's line that made the call (the first frame outside diffusers, torch and this
     package): named in the grader's message when the image cannot be reproduced."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     here = str(Path(__file__).resolve().parent)
     while frame is not None:
         filename = frame.f_code.co_filename
@@ -114,6 +115,7 @@ def describe_call(pipe, arguments: dict, call: str | None = None) -> dict:
     ``index`` is left 0; :func:`attach_records` sets it per image."""
     generator = arguments.get("generator")
     unreproducible = None
+    seed: int | list[int] | None
     if generator is None:
         seed = _seed_of(_global_generator(pipe))
         device = _global_generator(pipe).device.type
@@ -122,11 +124,15 @@ def describe_call(pipe, arguments: dict, call: str | None = None) -> dict:
         seed, device = _seed_of(generator), generator.device.type
         unreproducible = None if seed is not None else "used_generator"
         seed = seed if seed is not None else generator.initial_seed()
-    elif isinstance(generator, list | tuple) and generator and all(isinstance(g, torch.Generator) for g in generator):
+    elif (
+        isinstance(generator, list | tuple)
+        and generator
+        and all(isinstance(g, torch.Generator) for g in generator)
+    ):
         seeds = [_seed_of(g) for g in generator]
         device = generator[0].device.type
         unreproducible = None if None not in seeds else "used_generator"
-        seed = [s if s is not None else g.initial_seed() for s, g in zip(seeds, generator, strict=True)]
+        seed = [s if s is not None else int(g.initial_seed()) for s, g in zip(seeds, generator, strict=True)]
     else:
         seed, device, unreproducible = None, "cpu", "no_seed"
     cross = arguments.get("cross_attention_kwargs") or {}
@@ -135,7 +141,8 @@ def describe_call(pipe, arguments: dict, call: str | None = None) -> dict:
         key
         for key, value in arguments.items()
         if value is not None
-        and key not in ("prompt", "negative_prompt", "height", "width", "num_inference_steps", "guidance_scale")
+        and key
+        not in ("prompt", "negative_prompt", "height", "width", "num_inference_steps", "guidance_scale")
         and key not in ("num_images_per_prompt", "generator", "cross_attention_kwargs", *NUMBER_OPTIONS)
         and key not in PASSED_OVER
     ]
@@ -148,7 +155,7 @@ def describe_call(pipe, arguments: dict, call: str | None = None) -> dict:
     size = native_size(pipe)
     scheduler = pipe.scheduler
     return GenerationRecord(
-        prompt=arguments.get("prompt"),
+        prompt=arguments.get("prompt"),  # type: ignore[arg-type]  # checked by the grader, not here
         seed=seed,
         steps=int(arguments.get("num_inference_steps") or 50),
         guidance=float(arguments.get("guidance_scale", 7.5)),
@@ -235,7 +242,9 @@ def generate(
         "guidance_scale": float(_one("guidance", guidance, "guidance_scale", guidance_scale, 7.5)),
         "height": int(_one("size", size, "height", height, side)),
         "width": int(_one("size", size, "width", width, side)),
-        "generator": generator if generator is not None else torch.Generator("cpu").manual_seed(int(seed or 0)),
+        "generator": generator
+        if generator is not None
+        else torch.Generator("cpu").manual_seed(int(seed or 0)),
     }
     if lora_scale is not None:
         arguments["cross_attention_kwargs"] = {"scale": float(lora_scale)}
@@ -243,6 +252,7 @@ def generate(
     with torch.inference_mode(), out_of_memory_hint("generation", "size= (e.g. 384) or steps="):
         output = pipe(**{k: v for k, v in arguments.items() if v is not None})
     (image, image_record), *_ = attach_records(output, record)
+    assert isinstance(image, Image.Image), type(image)  # generate asks for PIL output
     return image
 
 
@@ -274,7 +284,8 @@ def regenerate(pipe, record: GenerationRecord) -> Image.Image:
         scheduler_class = getattr(diffusers, str(record.scheduler), None)
         if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
             raise LabError(f"scheduler {record.scheduler!r} is not one of diffusers' schedulers")
-        pipe.scheduler = scheduler_class.from_config({**dict(own.config), **(wanted or {})})
+        settings = {**dict(own.config), **(wanted or {})}
+        pipe.scheduler = scheduler_class.from_config(settings)  # type: ignore[attr-defined]
     try:
         with torch.inference_mode():
             output = pipe(**{k: v for k, v in arguments.items() if v is not None})

@@ -24,8 +24,11 @@ Targets = str | Sequence[str]
 
 
 def resolve_targets(targets: Targets) -> str | list[str]:
-    """A preset name → its PEFT ``target_modules``; a list of module names passes through."""
+    """A preset name → its PEFT ``target_modules``; a preset's own pattern (what
+    ``course_config().lora.target_modules`` gives) or a list of module names passes through."""
     if isinstance(targets, str):
+        if targets in TARGET_PRESETS.values():
+            return targets
         if targets not in TARGET_PRESETS:
             raise LabError(
                 f"targets='{targets}' is not a preset: use one of {sorted(TARGET_PRESETS)} "
@@ -123,11 +126,14 @@ def adapter_grad_norms(model: torch.nn.Module) -> GradNorms:
     result is marked ``cleared``: those gradients were cleared, not zero (``summary()`` says so)."""
     parameters = lora_parameters(model)
     norms = GradNorms(
-        (n, p.grad.detach().float().norm().item() if p.grad is not None else 0.0) for n, p in parameters.items()
+        (n, p.grad.detach().float().norm().item() if p.grad is not None else 0.0)
+        for n, p in parameters.items()
     )
     trainable = [p for p in parameters.values() if p.requires_grad]
     lora_b = [p for n, p in parameters.items() if "lora_B" in n]
-    norms.cleared = bool(trainable) and all(p.grad is None for p in trainable) and any(p.detach().any() for p in lora_b)
+    norms.cleared = (
+        bool(trainable) and all(p.grad is None for p in trainable) and any(p.detach().any() for p in lora_b)
+    )
     return norms
 
 

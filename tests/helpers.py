@@ -27,7 +27,7 @@ FAST = dict(steps=8, guidance=5.0)  # fewer denoising steps: same mechanics, fas
 
 # edit targets in the solution notebook
 LR0 = ("TRAIN_STEPS, LEARNING_RATE = 50, 3e-3", "TRAIN_STEPS, LEARNING_RATE = 50, 0.0")
-RANK8 = ("RANK, ALPHA = 4, 4", "RANK, ALPHA = 8, 8")
+RANK8 = ("RANK, ALPHA = REQUIRED.lora.rank, REQUIRED.lora.alpha", "RANK, ALPHA = 8, 8")
 STEP3 = "TRAIN_STEPS, LEARNING_RATE"  # the first line of step 3's cell
 ADAPTED = "adapted_image = lab_utils.generate(pipe, PROMPT, seed=SEED,"
 OTHER_SEED = (ADAPTED, ADAPTED.replace("seed=SEED,", "seed=SEED + 1,"))

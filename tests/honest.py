@@ -29,7 +29,9 @@ PIPE_CALL = f'pipe(PROMPT, {SETTINGS}, generator=torch.Generator("cpu").manual_s
 GET_PEFT = "unet = get_peft_model(pipe.unet, lora_config)  # injects the adapters into pipe.unet in place"
 STEP_ORDER = "    optimizer.zero_grad(set_to_none=True)\n    loss.backward()\n    optimizer.step()\n"
 FORWARD = "    noise_pred = unet(noisy_latents, timesteps, encoder_hidden_states=text_embeddings).sample\n"
-OPTIMIZER = "optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=LEARNING_RATE)\n"
+OPTIMIZER = (
+    "optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=LEARNING_RATE)\n"
+)
 
 
 @dataclass
@@ -90,9 +92,12 @@ def jupyterlab_outputs(nb) -> None:
         cell.outputs = [
             nbformat.v4.new_output("stream", name="stdout", text="LoRA training: 100%\n"),
             nbformat.v4.new_output(
-                "display_data", data={widget: {"model_id": f"m{count}", "version_major": 2, "version_minor": 0}}
+                "display_data",
+                data={widget: {"model_id": f"m{count}", "version_major": 2, "version_minor": 0}},
             ),
-            nbformat.v4.new_output("execute_result", data={"image/png": "iVBORw0KGgo=", "text/plain": "<PIL.Image>"}),
+            nbformat.v4.new_output(
+                "execute_result", data={"image/png": "iVBORw0KGgo=", "text/plain": "<PIL.Image>"}
+            ),
         ]
         cell.metadata["execution"] = {"iopub.execute_input": "2026-12-01T10:00:00.000000Z"}
     nb.metadata["widgets"] = {
@@ -163,7 +168,10 @@ def nbformat_minor(minor: int) -> Callable[[nbformat.NotebookNode, Path], None]:
 
 def merge_steps(nb) -> None:
     """Step 2's attach cell and step 3's loop in one cell; step 4's image and save cells in one."""
-    for first, second in (("lora_config = LoraConfig", "TRAIN_STEPS, LEARNING_RATE"), ("adapted_image =", "adapter_dir =")):
+    for first, second in (
+        ("lora_config = LoraConfig", "TRAIN_STEPS, LEARNING_RATE"),
+        ("adapted_image =", "adapter_dir ="),
+    ):
         a, b = _index(nb, first), _index(nb, second)
         nb.cells[a].source += "\n\n" + nb.cells[b].source
         del nb.cells[b]
@@ -190,17 +198,55 @@ def add_and_delete(nb) -> None:
         and not (c.cell_type == "markdown" and "Reflection" in c.source)
     ]
     index = _index(nb, "lab_utils.describe(pipe)")
-    nb.cells.insert(index + 1, nbformat.v4.new_markdown_cell("My notes: the U-Net is the only network adapted."))
-    nb.cells.insert(index + 2, nbformat.v4.new_code_cell("print(pipe.unet.config.sample_size, type(pipe.scheduler).__name__)"))
+    nb.cells.insert(
+        index + 1, nbformat.v4.new_markdown_cell("My notes: the U-Net is the only network adapted.")
+    )
+    nb.cells.insert(
+        index + 2,
+        nbformat.v4.new_code_cell("print(pipe.unet.config.sample_size, type(pipe.scheduler).__name__)"),
+    )
 
 
 def student_step5(nb) -> None:
     """Step 5's TODO cells as the student notebook has them: untouched."""
     student = nbformat.read(STUDENT, as_version=4)
     todo = [c for c in student.cells if c.metadata.get("lab", {}).get("step") == 5 and c.cell_type == "code"]
-    mine = [i for i, c in enumerate(nb.cells) if c.metadata.get("lab", {}).get("step") == 5 and c.cell_type == "code"]
+    mine = [
+        i
+        for i, c in enumerate(nb.cells)
+        if c.metadata.get("lab", {}).get("step") == 5 and c.cell_type == "code"
+    ]
     for index, cell in zip(mine, todo, strict=True):
         nb.cells[index] = cell
+
+
+# The student notebook's TODOs filled in as a learner who knows diffusers writes them (issue 29): diffusers'
+# names to generate, PEFT's get_peft_model, PyTorch's `step(); zero_grad()` order, the adapted image
+# from a plain pipeline call; step 5 left as it is.
+STUDENT_ANSWERS = {
+    1: "baseline_image = lab_utils.generate(pipe, PROMPT, generator=torch.Generator('cpu').manual_seed(SEED),\n"
+    "                                  num_inference_steps=INFERENCE_STEPS, guidance_scale=GUIDANCE)",
+    2: "unet = get_peft_model(pipe.unet, LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS))",
+    3: "    noise_pred = unet(noisy_latents, timesteps, encoder_hidden_states=text_embeddings).sample\n"
+    "    loss = F.mse_loss(noise_pred, noise)\n"
+    "    loss.backward()\n"
+    "    optimizer.step()\n"
+    "    optimizer.zero_grad()",
+    4: f"adapted_image = {PIPE_CALL}",
+}
+
+
+def student_filled(nb) -> None:
+    """Each required TODO stub (its comment and raise) replaced by STUDENT_ANSWERS; optional ones kept."""
+    for cell in nb.cells:
+        lab = cell.metadata.get("lab", {})
+        if cell.cell_type != "code" or "todo" not in lab or lab.get("optional"):
+            continue
+        lines = cell.source.split("\n")
+        start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("# TODO"))
+        assert "raise NotImplementedError" in lines[start + 1]
+        lines[start : start + 2] = [STUDENT_ANSWERS[lab["step"]]]
+        cell.source = "\n".join(lines)
 
 
 def only_pipe_unet(nb) -> None:
@@ -233,6 +279,13 @@ CASES: list[Case] = [
         "diffusers pipeline call",
         "both images from `pipe(PROMPT, num_inference_steps=…, guidance_scale=…, generator=torch.Generator('cpu').manual_seed(SEED)).images[0]`",
         notebook((GENERATE, PIPE_CALL)),
+    ),
+    Case(
+        "the student notebook, filled with diffusers' idioms",
+        "the TODOs written with diffusers' names to `generate`, `step(); zero_grad()`, the adapted image "
+        "from `pipe(…)`; step 5 left",
+        notebook(source=STUDENT, change=student_filled),
+        quick=False,  # the README's run executes and grades it in tests/test_course.py
     ),
     Case(
         "torch.manual_seed as the generator",
@@ -315,7 +368,12 @@ CASES: list[Case] = [
     Case(
         "diffusers add_adapter",
         "as diffusers' LoRA training script: `pipe.unet.requires_grad_(False); pipe.unet.add_adapter(lora_config)`",
-        notebook((GET_PEFT, "pipe.unet.requires_grad_(False)\npipe.unet.add_adapter(lora_config)\nunet = pipe.unet")),
+        notebook(
+            (
+                GET_PEFT,
+                "pipe.unet.requires_grad_(False)\npipe.unet.add_adapter(lora_config)\nunet = pipe.unet",
+            )
+        ),
     ),
     Case(
         "add_adapter, only pipe.unet",
@@ -326,7 +384,12 @@ CASES: list[Case] = [
     Case(
         "PEFT inject_adapter_in_model",
         "`unet = inject_adapter_in_model(lora_config, pipe.unet)`",
-        notebook((GET_PEFT, "from peft import inject_adapter_in_model\nunet = inject_adapter_in_model(lora_config, pipe.unet)")),
+        notebook(
+            (
+                GET_PEFT,
+                "from peft import inject_adapter_in_model\nunet = inject_adapter_in_model(lora_config, pipe.unet)",
+            )
+        ),
         quick=False,
     ),
     Case(
@@ -357,7 +420,10 @@ CASES: list[Case] = [
     Case(
         "Adam, 30 steps",
         "`torch.optim.Adam` instead of AdamW, 30 training steps",
-        notebook(("torch.optim.AdamW(", "torch.optim.Adam("), ("TRAIN_STEPS, LEARNING_RATE = 50,", "TRAIN_STEPS, LEARNING_RATE = 30,")),
+        notebook(
+            ("torch.optim.AdamW(", "torch.optim.Adam("),
+            ("TRAIN_STEPS, LEARNING_RATE = 50,", "TRAIN_STEPS, LEARNING_RATE = 30,"),
+        ),
         quick=False,
     ),
     Case(
@@ -369,10 +435,17 @@ CASES: list[Case] = [
     Case(
         "accelerate",
         "`accelerator.prepare(unet, optimizer)` and `accelerator.backward(loss)`",
-        notebook((OPTIMIZER, OPTIMIZER + ACCELERATE), ("    loss.backward()\n", "    accelerator.backward(loss)\n")),
+        notebook(
+            (OPTIMIZER, OPTIMIZER + ACCELERATE), ("    loss.backward()\n", "    accelerator.backward(loss)\n")
+        ),
         quick=False,
     ),
-    Case("cells merged", "step 2's and step 3's code in one cell, step 4's two cells in one", notebook(change=merge_steps), quick=False),
+    Case(
+        "cells merged",
+        "step 2's and step 3's code in one cell, step 4's two cells in one",
+        notebook(change=merge_steps),
+        quick=False,
+    ),
     Case("cell split", "step 3's cell split where the loop starts", notebook(change=split_loop), quick=False),
     Case(
         "cells added and deleted",
@@ -380,17 +453,39 @@ CASES: list[Case] = [
         notebook(change=add_and_delete),
         quick=False,
     ),
-    Case("optional step skipped", "step 5's TODO cells left as the student notebook has them", notebook(change=student_step5), quick=False),
+    Case(
+        "optional step skipped",
+        "step 5's TODO cells left as the student notebook has them",
+        notebook(change=student_step5),
+        quick=False,
+    ),
     Case(
         "saved by JupyterLab after running",
         "execution counts, outputs (images, widgets), widget state in the metadata",
         notebook(change=jupyterlab_outputs),
         quick=False,
     ),
-    Case("saved by Colab", "Colab's metadata and cell ids, a GPU runtime, a `%pip install` cell", notebook(change=colab), quick=False),
-    Case("saved by VS Code", "VS Code's interpreter metadata, a `.venv` kernel, outputs cleared", notebook(change=vscode), quick=False),
-    Case("saved on Windows", "CRLF line endings in the file and in every cell", notebook(write=windows), quick=False),
-    Case("nbformat 4.4", "an older nbformat minor: no cell ids", notebook(write=nbformat_minor(4)), quick=False),
+    Case(
+        "saved by Colab",
+        "Colab's metadata and cell ids, a GPU runtime, a `%pip install` cell",
+        notebook(change=colab),
+        quick=False,
+    ),
+    Case(
+        "saved by VS Code",
+        "VS Code's interpreter metadata, a `.venv` kernel, outputs cleared",
+        notebook(change=vscode),
+        quick=False,
+    ),
+    Case(
+        "saved on Windows",
+        "CRLF line endings in the file and in every cell",
+        notebook(write=windows),
+        quick=False,
+    ),
+    Case(
+        "nbformat 4.4", "an older nbformat minor: no cell ids", notebook(write=nbformat_minor(4)), quick=False
+    ),
 ]
 
 

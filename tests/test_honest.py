@@ -69,7 +69,9 @@ def test_reliability_report_matches_this_run(request) -> None:
         "docs/RELIABILITY.md's honest table is stale: run "
         "`HF_HUB_OFFLINE=1 python -m pytest tests/test_honest.py --all-honest --write-reliability`"
     )
-    rows = [line for line in mine.splitlines() if line.startswith("| ") and not line.startswith("| correct lab")]
+    rows = [
+        line for line in mine.splitlines() if line.startswith("| ") and not line.startswith("| correct lab")
+    ]
     for row in rows:
         assert row in committed, stale
     assert all(r["full_marks"] for r in RESULTS.values())

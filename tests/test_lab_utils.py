@@ -19,7 +19,13 @@ def test_same_seed_same_image_and_another_seed_differs(pipe):
     assert lab_utils.mean_abs_diff(a, b) == 0.0
     assert lab_utils.mean_abs_diff(a, c) > 1.0
     record = lab_utils.generation_record(a)
-    assert (record.prompt, record.seed, record.steps, record.guidance, record.size) == ("a red circle", 3, 8, 5.0, (64, 64))
+    assert (record.prompt, record.seed, record.steps, record.guidance, record.size) == (
+        "a red circle",
+        3,
+        8,
+        5.0,
+        (64, 64),
+    )
     assert record.lora_scale is None and record.unreproducible is None and record.scheduler == "DDIMScheduler"
     assert record.call and "lab_utils.generate(pipe" in record.call  # the line that made it
 

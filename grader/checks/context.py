@@ -96,7 +96,8 @@ class Context:
             why = str(record.unreproducible)[:80]
             if why == "used_generator":
                 return None, (
-                    f"{name} cannot be reproduced{made}: the generator was used before this call: its state is "
+                    f"{name} cannot be reproduced{made}: the generator was used before this call: "
+                    "its state is "
                     f"no longer seed {seed_text} — reseed it right before the call "
                     f"(generator=torch.Generator('cpu').manual_seed({seed_text}))"
                 )
@@ -107,8 +108,9 @@ class Context:
                 )
             argument = why.removeprefix("unsupported:")
             return None, (
-                f"{name} was made with {argument}={made}, which the grader cannot redo from a record: leave "
-                f"{argument} out (prompt, negative_prompt, height, width, num_inference_steps, guidance_scale, "
+                f"{name} was made with {argument}=…{made}, which the grader cannot redo from a record: leave "
+                f"{argument} out (prompt, negative_prompt, height, width, num_inference_steps, "
+                "guidance_scale, "
                 "generator and cross_attention_kwargs={'scale': ...} are all reproducible)"
             )
         bad = [field for field, ok in self._record_fields(name, record) if not ok]
@@ -120,7 +122,8 @@ class Context:
             )
         if record.generator_device != "cpu" and not _device_available(record.generator_device):
             return None, (
-                f"{name} was drawn from a {record.generator_device} generator{made}, which this grader cannot "
+                f"{name} was drawn from a {record.generator_device} generator{made}, "
+                "which this grader cannot "
                 "redraw: draw the noise on the CPU (generator=torch.Generator('cpu').manual_seed(SEED)) — "
                 "the same seed then gives the same image on every device"
             )
@@ -128,18 +131,27 @@ class Context:
 
     def _record_fields(self, name: str, record: GenerationRecord) -> list[tuple[str, bool]]:
         prompts = record.prompt if isinstance(record.prompt, list) else [record.prompt]
-        negatives = record.negative_prompt if isinstance(record.negative_prompt, list) else [record.negative_prompt]
+        negatives = (
+            record.negative_prompt if isinstance(record.negative_prompt, list) else [record.negative_prompt]
+        )
         seeds = record.seed if isinstance(record.seed, list) else [record.seed]
         images = len(prompts) * record.images_per_prompt if is_int(record.images_per_prompt) else 0
         config = record.scheduler_config
         return [
-            ("prompt", 1 <= len(prompts) <= MAX_IMAGES and all(isinstance(p, str) and len(p) <= 2000 for p in prompts)),
+            (
+                "prompt",
+                1 <= len(prompts) <= MAX_IMAGES
+                and all(isinstance(p, str) and len(p) <= 2000 for p in prompts),
+            ),
             (
                 "negative_prompt",
                 record.negative_prompt is None
-                or (len(negatives) in (1, len(prompts)) and all(isinstance(p, str) and len(p) <= 2000 for p in negatives)),
+                or (
+                    len(negatives) in (1, len(prompts))
+                    and all(isinstance(p, str) and len(p) <= 2000 for p in negatives)
+                ),
             ),
-            ("seed", all(is_int(s) and 0 <= s < 2**63 for s in seeds) and len(seeds) in (1, images)),
+            ("seed", all(is_int(s) and 0 <= s < 2**63 for s in seeds) and len(seeds) in (1, images)),  # type: ignore[operator]
             ("steps", is_int(record.steps) and 1 <= record.steps <= MAX_STEPS),
             ("guidance", is_number(record.guidance) and 0 <= record.guidance <= 50),
             ("images_per_prompt", is_int(record.images_per_prompt) and 1 <= images <= MAX_IMAGES),
@@ -153,7 +165,11 @@ class Context:
                 "lora_scale",
                 record.lora_scale is None or (is_number(record.lora_scale) and abs(record.lora_scale) <= 10),
             ),
-            ("scheduler", record.scheduler is None or (isinstance(record.scheduler, str) and len(record.scheduler) <= 100)),
+            (
+                "scheduler",
+                record.scheduler is None
+                or (isinstance(record.scheduler, str) and len(record.scheduler) <= 100),
+            ),
             ("scheduler_config", config is None or _scheduler_config_ok(config)),
             ("generator_device", record.generator_device in ("cpu", "cuda", "mps")),
             ("options", _options_ok(record.options)),
@@ -192,7 +208,12 @@ def _scheduler_config_ok(config) -> bool:
     except (TypeError, ValueError):
         return False
     timesteps = config.get("num_train_timesteps", 1000)
-    return len(text) <= 4000 and config.get("trained_betas") is None and is_int(timesteps) and 1 <= timesteps <= 10000
+    return (
+        len(text) <= 4000
+        and config.get("trained_betas") is None
+        and is_int(timesteps)
+        and 1 <= timesteps <= 10000
+    )
 
 
 def _device_available(device: str) -> bool:

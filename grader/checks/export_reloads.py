@@ -36,7 +36,8 @@ def run(context: Context, settings: CheckSettings) -> CheckResult:
         return result.fail("no_reference", problem)
     if record is None:
         return result.fail(
-            "no_reference", "adapted_image has no generation record: make it with a pipeline call or lab_utils.generate"
+            "no_reference",
+            "adapted_image has no generation record: make it with a pipeline call or lab_utils.generate",
         )
     reference = context.regenerate(record, adapted=True)
     fresh = lab_utils.load_pipeline(context.model)

@@ -87,7 +87,9 @@ def run(context: Context, settings: CheckSettings) -> CheckResult:
             "only the training prompt was evaluated: pass held-out prompts (held_out=...)",
         )
     side = lab_utils.native_size(context.pipe)
-    settings_record = GenerationRecord(prompt="", seed=0, steps=steps, guidance=guidance, height=side, width=side)
+    settings_record = GenerationRecord(
+        prompt="", seed=0, steps=steps, guidance=guidance, height=side, width=side
+    )
     budget = MAX_SAMPLES
     for claim in found:
         if len(claim.pairs) > budget:

@@ -15,7 +15,11 @@ if TYPE_CHECKING:
 
 IMAGES = ("baseline_image", "adapted_image")
 # a record's fields as the learner passed them to the pipeline
-NAMES = {"steps": "num_inference_steps", "guidance": "guidance_scale", "images_per_prompt": "num_images_per_prompt"}
+NAMES = {
+    "steps": "num_inference_steps",
+    "guidance": "guidance_scale",
+    "images_per_prompt": "num_images_per_prompt",
+}
 
 
 def _shown(value) -> str:
@@ -40,7 +44,11 @@ def run(context: Context, settings: CheckSettings) -> CheckResult:
     (base_record, base_problem), (adapted_record, adapted_problem) = (context.record(n) for n in IMAGES)
     problem = base_problem or adapted_problem
     if problem:
-        cause = "inconsistent" if "record is not one" in problem or "unexpected fields" in problem else "unreproducible"
+        cause = (
+            "inconsistent"
+            if "record is not one" in problem or "unexpected fields" in problem
+            else "unreproducible"
+        )
         return result.fail(cause, f"inconsistent: {problem}" if cause == "inconsistent" else problem)
     if base_record is None or adapted_record is None:
         name = IMAGES[0] if base_record is None else IMAGES[1]
@@ -138,7 +146,9 @@ CHECK = Check(
     causes={
         "missing_images": "baseline_image or adapted_image not found",
         "no_record": "an image has no generation record (not returned by a pipeline call)",
-        "unreproducible": "an image cannot be regenerated (no seed, a used generator, an argument not recorded)",
+        "unreproducible": (
+            "an image cannot be regenerated (no seed, a used generator, an argument not recorded)"
+        ),
         "made_differently": "baseline and adapted images made with different prompt, seed or settings",
         "no_adapter": "no adapter was saved",
         "inconsistent": "inconsistent: a saved image is not what its record and this adapter produce",

@@ -10,7 +10,8 @@ namespaces): new mount, PID, IPC, UTS and network namespaces (a user namespace t
 every mount read-only except the run's writable folders; the grader's run folders and ``/run`` (its
 sockets) hidden under empty file systems; a fresh ``/proc`` (only the kernel's processes) with its
 system files read-only; a minimal ``/dev`` (null, zero, full, random, urandom, tty, the GPUs, a
-private ``/dev/shm`` and pseudo-terminal instance) — no disks; every capability dropped and ``no_new_privs`` set. Inside, a small
+private ``/dev/shm`` and pseudo-terminal instance) — no disks; every capability dropped and
+``no_new_privs`` set. Inside, a small
 init (PID 1) relays signals and reaps orphans; the kernel is its child in a session of its own.
 """
 
