@@ -10,7 +10,8 @@ LoRA               TARGET_PRESETS, lora_config, attach_lora, remove_lora, has_lo
                    lora_parameter_count, lora_parameters, target_module_names,
                    adapter_grad_norms, GradNorms, active_adapter, save_adapter, load_adapter
 train              TRAIN_PROMPT, training_example, style_examples, encode_image, encode_prompt,
-                   training_scheduler, train_lora, TrainResult
+                   training_scheduler, train_lora, TrainResult, train_lora_accelerated
+                   (accelerate: mixed precision, accumulation, data parallel), AcceleratedResult
 generate, compare  generate, GenerationRecord, generation_record, native_size, mean_abs_diff,
                    show_side_by_side, image_strip, difference_heatmap, plot_loss
 share, validate    export_adapter, load_lora, diagnose_adapter (lab_utils.adapters), evaluate,
@@ -32,6 +33,7 @@ silence_known_warnings()  # logging only: before any module of the package impor
 recording.install()  # how each pipeline call's images were made (imports nothing until diffusers is)
 
 _EXPORTS = {
+    "lab_utils.accelerated": ("AcceleratedResult", "train_lora_accelerated"),
     "lab_utils.adapters": ("diagnose_adapter", "export_adapter", "load_lora"),
     "lab_utils.components": ("describe",),
     "lab_utils.data": ("TRAIN_PROMPT", "style_examples", "training_example"),

@@ -663,9 +663,12 @@ def render_reliability(
 def verdict_rows(text: str) -> list[tuple[str, ...]]:
     """The rows of a rendered report without the reason column (it quotes machine-specific error
     text such as a resolver's message): name, attack, graded as, both verdicts, as expected; and
-    the sandbox modes' rows."""
+    the sandbox modes' rows. The honest catalogue's table (tests/test_honest.py checks it) is left out."""
+    from honest import honest_section
+
+    section = honest_section(text)
     rows = []
-    for line in text.splitlines():
+    for line in text.replace(section, "").splitlines() if section else text.splitlines():
         cells = [c.strip() for c in line.strip("|").split(" | ")]
         if line.startswith("| ") and len(cells) == 7 and cells[0] != "submission":
             rows.append((cells[0], cells[1], cells[2], cells[3], cells[4], cells[6]))

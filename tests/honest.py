@@ -441,6 +441,18 @@ CASES: list[Case] = [
         quick=False,
     ),
     Case(
+        "lab_utils' accelerate loop",
+        "step 3 trained by `lab_utils.train_lora_accelerated(pipe, unet, train_image, train_prompt, …)`",
+        notebook(
+            (
+                r"(?s)torch\.manual_seed\(SEED\)\nloss_history = \[\]\n.*?unet\.eval\(\)\n",
+                "result = lab_utils.train_lora_accelerated(pipe, unet, train_image, train_prompt, "
+                "steps=TRAIN_STEPS, lr=LEARNING_RATE, seed=SEED)\nloss_history = result.loss_history\n",
+                True,
+            )
+        ),
+    ),
+    Case(
         "cells merged",
         "step 2's and step 3's code in one cell, step 4's two cells in one",
         notebook(change=merge_steps),

@@ -47,7 +47,7 @@ def test_student_has_stubs_and_no_solutions_solution_has_no_markers():
     assert "### BEGIN" not in student_code + solution_code and "### END" not in student_code + solution_code
     assert student_code.count("raise NotImplementedError(") == 4  # steps 1–4
     optional = [c for c in student.cells if c.metadata.get("lab", {}).get("optional")]
-    assert len(optional) == 2 and all("# TODO (optional" in c.source for c in optional)  # step 5: prints skipped
+    assert len(optional) == 2 and all("# TODO (optional" in c.source for c in optional)  # step 5
     assert all("NotImplementedError" not in c.source and "skipped" in c.source for c in optional)
     graded = [c for c in student.cells if c.metadata.get("lab", {}).get("solution")]
     assert len(graded) == 10  # six code TODOs and four reflection answers
