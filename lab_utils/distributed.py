@@ -73,7 +73,8 @@ def allreduce_table(unet, ranks=(1, 2, 4, 8, 16, 32, 64), targets: str = "attn")
     from lab_utils.lora import lora_parameter_count
 
     full = sum(p.numel() for p in unet.parameters())
-    counts = [(f"LoRA r={r}", lora_parameter_count(unet, r, targets)) for r in ranks] + [("full U-Net", full)]
+    counts = [(f"LoRA rank {r}", lora_parameter_count(unet, r, targets)) for r in ranks]
+    counts.append(("full U-Net", full))
     return [{"what": what, "parameters": n, "bytes": n * FP32_BYTES} for what, n in counts]
 
 

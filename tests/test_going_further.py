@@ -84,3 +84,15 @@ def test_the_style_adapter_generalises_with_its_trigger_only_and_keeps_colours(e
     before, after, colour_before, colour_after = numbers["held-out prompts, no trigger"]
     assert after <= 0.05, lines  # ... and not without the trigger
     assert colour_after >= colour_before - 5, lines  # the base model's colours are kept
+
+
+@pytest.mark.notebook
+def test_data_parallel_section_matches_one_process_and_tabulates_what_travels(executed):
+    """Issue 28: two processes launched by accelerate train the one-process adapter; the table counts
+    SD 1.5's all-reduce per step from the meta-device U-Net."""
+    assert "2 process(es), 20 steps" in executed and "1 process(es), 20 steps" in executed
+    difference = float(re.search(r"1 vs 2 processes: max \|difference\| ([\d.e+-]+)", executed).group(1))
+    assert difference < 1e-4
+    assert "2 process(es): " in executed and "all-reduced 172,032 bytes/step (measured" in executed
+    rows = dict(re.findall(r"^(LoRA rank \d+|full U-Net)\s+([\d,]+)\s", executed, flags=re.MULTILINE))
+    assert rows["LoRA rank 4"] == "797,184" and rows["full U-Net"] == "859,520,964" and "LoRA rank 64" in rows
