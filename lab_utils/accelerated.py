@@ -149,31 +149,32 @@ def train_lora_accelerated(
     if world > 1:  # DDP: only the trainable (LoRA) tensors' gradients are in its buckets
         model.register_comm_hook(counter, _counting_allreduce)
     generator = torch.Generator("cpu").manual_seed(seed)  # the same draws in every process
-    mine = slice(rank * shard, (rank + 1) * shard)
     losses = []
     model.train()
     started = time.perf_counter()
     for _ in range(steps):
+        # the global batch: examples, noise and timesteps, drawn alike in every process
+        if len(images) == batch:
+            every = torch.arange(batch)
+        else:
+            every = torch.randint(0, len(images), (batch,), generator=generator)
+        every_noise = torch.randn((batch, *all_latents.shape[1:]), generator=generator)
+        every_t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
         step_loss = torch.zeros((), device=accelerator.device)
-        for _ in range(accumulation):
-            # the global micro-batch: examples, noise and timesteps; then this process's shard
-            if len(images) == micro:
-                index = torch.arange(micro)
-            else:
-                index = torch.randint(0, len(images), (micro,), generator=generator)
-            noise = torch.randn((micro, *all_latents.shape[1:]), generator=generator)
-            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (micro,), generator=generator)
-            index, noise, timesteps = index[mine], noise[mine], timesteps[mine]
-            latents = all_latents[index.to(all_latents.device)]
-            noise = noise.to(latents)
-            timesteps = timesteps.to(latents.device)
+        for micro_step in range(accumulation):
+            # this micro-step's slice of the batch, then this process's shard of the slice
+            mine = slice(micro_step * micro + rank * shard, micro_step * micro + (rank + 1) * shard)
+            index = every[mine].to(all_latents.device)
+            latents = all_latents[index]
+            noise = every_noise[mine].to(latents)
+            timesteps = every_t[mine].to(latents.device)
             noisy_latents = scheduler.add_noise(latents, noise, timesteps)
             if scheduler.config.prediction_type == "v_prediction":
                 target = scheduler.get_velocity(latents, noise, timesteps)
             else:
                 target = noise
             with accelerator.accumulate(model):  # prepare() made the forward autocast under mixed precision
-                embeddings = all_embeddings[index.to(all_embeddings.device)]
+                embeddings = all_embeddings[index]
                 prediction = model(noisy_latents, timesteps, encoder_hidden_states=embeddings).sample
                 loss = F.mse_loss(prediction.float(), target.float())
                 accelerator.backward(loss)  # scaled by 1/accumulation; DDP all-reduces on the last

@@ -451,6 +451,7 @@ CASES: list[Case] = [
                 True,
             )
         ),
+        quick=False,
     ),
     Case(
         "cells merged",

@@ -45,13 +45,40 @@ def _launched(processes: int, out: Path, *extra: str) -> subprocess.CompletedPro
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=300)
 
 
-def test_two_processes_train_the_one_process_adapter_reducing_only_lora_gradients(tmp_path):
-    single, double = _one_process(tmp_path / "one"), _launched(2, tmp_path / "two")
-    assert single.returncode == 0, single.stderr
-    assert double.returncode == 0, double.stderr
-    assert "2 process(es), 4 steps" in double.stdout and double.stdout.count("process(es)") == 1  # rank 0
-    one = json.loads((tmp_path / "one" / "report.json").read_text())
-    two = json.loads((tmp_path / "two" / "report.json").read_text())
+def _adapter(folder: Path) -> dict:
+    return load_file(folder / "adapter" / "adapter_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """One process; one process accumulating 2 micro-steps; two processes — the same global batch.
+    Returns their folder and what each printed."""
+    root = tmp_path_factory.mktemp("dp")
+    printed = {}
+    for name, result in (
+        ("one", _one_process(root / "one")),
+        ("accumulated", _one_process(root / "accumulated", "--grad-accum", "2")),
+        ("two", _launched(2, root / "two")),
+    ):
+        assert result.returncode == 0, result.stderr
+        printed[name] = result.stdout
+    return root, printed
+
+
+def test_gradient_accumulation_takes_the_same_steps(runs):
+    root, _ = runs
+    one, accumulated = (json.loads((root / n / "report.json").read_text()) for n in ("one", "accumulated"))
+    assert accumulated["gradient_accumulation_steps"] == 2 and accumulated["per_process_batch"] == 2
+    assert accumulated["loss"] == pytest.approx(one["loss"], abs=1e-5)
+    a, b = _adapter(root / "one"), _adapter(root / "accumulated")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < TOLERANCE
+
+
+def test_two_processes_train_the_one_process_adapter_reducing_only_lora_gradients(runs):
+    root, printed = runs
+    assert "2 process(es), 4 steps" in printed["two"] and printed["two"].count("process(es)") == 1  # rank 0
+    one = json.loads((root / "one" / "report.json").read_text())
+    two = json.loads((root / "two" / "report.json").read_text())
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert two["backend"] == "gloo" and two["per_process_batch"] == 2 and one["per_process_batch"] == 4
     # measured by the comm hook: exactly the LoRA gradients in fp32, once a step; nothing in one process
@@ -61,8 +88,7 @@ def test_two_processes_train_the_one_process_adapter_reducing_only_lora_gradient
     assert two["sd15"]["full_unet_allreduce_bytes_per_step"] == 859_520_964 * 4
     assert len(two["loss"]) == 4 and two["steps_per_second"] > 0
     assert two["loss"] == pytest.approx(one["loss"], abs=1e-5)
-    a = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
+    a, b = _adapter(root / "one"), _adapter(root / "two")
     assert a.keys() == b.keys() and len(a) == 112
     assert max((a[k] - b[k]).abs().max().item() for k in a) < TOLERANCE
     assert max(a[k].abs().max().item() for k in a if "lora_B" in k) > 1e-3  # it trained
