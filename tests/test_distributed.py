@@ -118,3 +118,14 @@ def test_a_bad_option_is_one_line(tmp_path, extra, words):
     result = _one_process(tmp_path / "x", *extra)
     assert result.returncode == 2 and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1 and words in result.stderr, result.stderr
+
+
+def test_bf16_mixed_precision_trains_and_keeps_the_lora_weights_fp32(tmp_path):
+    """What a GPU run does (autocast in bf16, fp32 adapter), here on the CPU's bf16 autocast."""
+    result = _one_process(tmp_path / "bf16", "--mixed-precision", "bf16", "--steps", "2")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "bf16" / "report.json").read_text())
+    assert report["mixed_precision"] == "bf16" and len(report["loss"]) == 2
+    adapter = _adapter(tmp_path / "bf16")
+    assert {str(t.dtype) for t in adapter.values()} == {"torch.float32"}
+    assert max(t.abs().max().item() for k, t in adapter.items() if "lora_B" in k) > 0  # it stepped
