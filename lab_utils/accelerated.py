@@ -22,7 +22,7 @@ from PIL import Image
 
 from lab_utils.errors import LabError
 from lab_utils.lora import lora_parameters
-from lab_utils.train import encode_image, encode_prompt, training_scheduler
+from lab_utils.train import encode_image, encode_prompt, noised, training_scheduler
 
 
 @dataclass
@@ -168,11 +168,7 @@ def train_lora_accelerated(
             latents = all_latents[index]
             noise = every_noise[mine].to(latents)
             timesteps = every_t[mine].to(latents.device)
-            noisy_latents = scheduler.add_noise(latents, noise, timesteps)
-            if scheduler.config.prediction_type == "v_prediction":
-                target = scheduler.get_velocity(latents, noise, timesteps)
-            else:
-                target = noise
+            noisy_latents, target = noised(scheduler, latents, noise, timesteps)
             with accelerator.accumulate(model):  # prepare() made the forward autocast under mixed precision
                 embeddings = all_embeddings[index]
                 prediction = model(noisy_latents, timesteps, encoder_hidden_states=embeddings).sample

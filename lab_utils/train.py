@@ -50,6 +50,15 @@ def training_scheduler(pipe) -> DDPMScheduler:
     return DDPMScheduler.from_config(pipe.scheduler.config)
 
 
+def noised(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor):
+    """(noisy latents, the U-Net's target): ``latents`` noised at ``timesteps``, and what the model
+    must predict — the noise, or the velocity for a v-prediction model."""
+    noisy_latents = scheduler.add_noise(latents, noise, timesteps)
+    if scheduler.config.prediction_type == "v_prediction":
+        return noisy_latents, scheduler.get_velocity(latents, noise, timesteps)
+    return noisy_latents, noise
+
+
 def train_lora(
     pipe,
     unet: torch.nn.Module,
@@ -108,11 +117,7 @@ def _train_steps(
             0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator
         )
         timesteps = timesteps.to(latents.device)
-        noisy_latents = scheduler.add_noise(latents, noise, timesteps)
-        if scheduler.config.prediction_type == "v_prediction":
-            target = scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
+        noisy_latents, target = noised(scheduler, latents, noise, timesteps)
         prediction = unet(noisy_latents, timesteps, encoder_hidden_states=text_embeddings).sample
         loss = F.mse_loss(prediction.float(), target.float())
         # backward and step
