@@ -22,7 +22,7 @@ from PIL import Image
 
 from lab_utils.errors import LabError
 from lab_utils.lora import lora_parameters
-from lab_utils.train import encode_image, encode_prompt, noised, training_scheduler
+from lab_utils.train import encode_examples, noised, training_scheduler
 
 
 @dataclass
@@ -80,6 +80,15 @@ def _counting_allreduce(counter: _Counter, bucket):
     return default_hooks.allreduce_hook(None, bucket)  # None: the default process group
 
 
+def check_split(batch: int, world: int, accumulation: int) -> None:
+    """A global batch must split evenly into ``world`` processes × ``accumulation`` micro-steps."""
+    if batch < 1 or batch % (world * accumulation):
+        raise LabError(
+            f"--batch {batch} cannot be split into {world} processes × {accumulation} accumulation steps: "
+            f"use a multiple of {world * accumulation}"
+        )
+
+
 def train_lora_accelerated(
     pipe,
     unet: torch.nn.Module,
@@ -104,14 +113,11 @@ def train_lora_accelerated(
     weights stay fp32 under mixed precision (autocast runs the forward pass in bf16/fp16).
 
     Raises:
-        LabError: a global batch that N processes × accumulation steps do not divide, or no captions.
+        LabError: a global batch that N processes × accumulation steps do not divide (checked after
+            encoding: call :func:`check_split` first to fail before), or not one caption per image.
     """
     from accelerate import Accelerator
 
-    images = [images] if isinstance(images, Image.Image) else list(images)
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    if not images or len(images) != len(prompts):
-        raise LabError(f"one caption per image: got {len(images)} images, {len(prompts)} captions")
     if accelerator is None:
         accelerator = Accelerator(
             mixed_precision=mixed_precision or default_mixed_precision(),
@@ -119,12 +125,13 @@ def train_lora_accelerated(
         )
     world, rank = accelerator.num_processes, accelerator.process_index
     accumulation = accelerator.gradient_accumulation_steps
-    batch = global_batch or len(images)
-    if batch < 1 or batch % (world * accumulation):
-        raise LabError(
-            f"--batch {batch} cannot be split into {world} processes × {accumulation} accumulation steps: "
-            f"use a multiple of {world * accumulation}"
-        )
+    # data: encoded once, every example in every process (the shards are drawn per step)
+    pipe.to(accelerator.device)
+    all_latents, all_embeddings = encode_examples(pipe, images, prompts, "train_lora_accelerated")
+    all_latents, all_embeddings = all_latents.float(), all_embeddings.float()
+    count = len(all_latents)
+    batch = global_batch or count
+    check_split(batch, world, accumulation)
     micro = batch // accumulation  # examples per micro-step, all processes together
     shard = micro // world  # this process's share of it
     result = AcceleratedResult(
@@ -136,12 +143,7 @@ def train_lora_accelerated(
         device=str(accelerator.device),
         backend=torch.distributed.get_backend() if world > 1 else None,
     )
-
-    # data: encoded once, every example in every process (the shards are drawn per step)
-    pipe.to(accelerator.device)
     scheduler = training_scheduler(pipe)
-    all_latents = torch.cat([encode_image(pipe, i) for i in images]).float()  # (N, 4, h, w)
-    all_embeddings = torch.cat([encode_prompt(pipe, p) for p in prompts]).float()  # (N, 77, D)
     params = [p for p in lora_parameters(unet).values() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
     model, optimizer = accelerator.prepare(unet, optimizer)
@@ -154,10 +156,10 @@ def train_lora_accelerated(
     started = time.perf_counter()
     for _ in range(steps):
         # the global batch: examples, noise and timesteps, drawn alike in every process
-        if len(images) == batch:
+        if count == batch:
             every = torch.arange(batch)
         else:
-            every = torch.randint(0, len(images), (batch,), generator=generator)
+            every = torch.randint(0, count, (batch,), generator=generator)
         every_noise = torch.randn((batch, *all_latents.shape[1:]), generator=generator)
         every_t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
         step_loss = torch.zeros((), device=accelerator.device)

@@ -90,21 +90,16 @@ def run(args: argparse.Namespace) -> dict:
     from accelerate.utils import set_seed
 
     import lab_utils
-    from lab_utils.accelerated import default_mixed_precision, train_lora_accelerated
+    from lab_utils.accelerated import check_split, default_mixed_precision, train_lora_accelerated
     from lab_utils.files import atomic_path
 
-    precision = default_mixed_precision() if args.mixed_precision == "auto" else args.mixed_precision
-    if args.cpu:
-        precision = "no" if args.mixed_precision == "auto" else precision
+    precision = args.mixed_precision
+    if precision == "auto":
+        precision = "no" if args.cpu else default_mixed_precision()
     accelerator = Accelerator(
         cpu=args.cpu, mixed_precision=precision, gradient_accumulation_steps=args.grad_accum
     )
-    world = accelerator.num_processes
-    if args.batch % (world * args.grad_accum):
-        raise LabError(
-            f"--batch {args.batch} cannot be split into {world} processes × {args.grad_accum} accumulation "
-            f"steps: use a multiple of {world * args.grad_accum}"
-        )
+    check_split(args.batch, accelerator.num_processes, args.grad_accum)  # before loading anything
     # fp32 weights without mixed precision; with it the base may be half (the LoRA weights stay fp32)
     dtype = torch.float32 if precision == "no" else None
     pipe = lab_utils.load_pipeline(
@@ -113,7 +108,7 @@ def run(args: argparse.Namespace) -> dict:
     pipe.set_progress_bar_config(disable=True)
     size = args.size or lab_utils.native_size(pipe)
     images, prompts = lab_utils.style_examples(count=args.images, size=size, seed=args.seed)
-    full_unet = sum(p.numel() for p in pipe.unet.parameters())
+    (full,) = allreduce_table(pipe.unet, ranks=())  # before the adapter is attached
     set_seed(args.seed)  # the same initial adapter in every process (DDP also broadcasts rank 0's)
     unet = lab_utils.attach_lora(pipe.unet, rank=args.rank, alpha=args.rank)
     lora = sum(p.numel() for p in lab_utils.lora_parameters(unet).values())
@@ -123,8 +118,7 @@ def run(args: argparse.Namespace) -> dict:
     )  # fmt: skip
     from lab_utils.sd15 import sd15_unet
 
-    sd15 = sd15_unet()  # meta device: counts only
-    sd15_lora = lab_utils.lora_parameter_count(sd15, args.rank, "attn")
+    sd15_lora, sd15_full = allreduce_table(sd15_unet(), ranks=(args.rank,))  # meta device: counts only
     report = {
         "world_size": result.world_size,
         "backend": result.backend,
@@ -145,15 +139,15 @@ def run(args: argparse.Namespace) -> dict:
         "allreduce_calls_per_step": result.allreduce_calls / result.steps if result.steps else 0,
         "allreduce_bytes_per_step_is": "measured: the bytes DDP's gradient all-reduces carried (a comm hook)",
         "lora_parameters": lora,
-        "full_unet_parameters": full_unet,
-        "full_unet_allreduce_bytes_per_step": full_unet * FP32_BYTES,
+        "full_unet_parameters": full["parameters"],
+        "full_unet_allreduce_bytes_per_step": full["bytes"],
         "full_unet_allreduce_bytes_per_step_is": "computed: every U-Net parameter's fp32 gradient",
         "sd15": {
             "is": "computed from SD 1.5's U-Net on the meta device: fp32 gradients per step",
-            "lora_parameters": sd15_lora,
-            "lora_allreduce_bytes_per_step": sd15_lora * FP32_BYTES,
-            "full_unet_parameters": sum(p.numel() for p in sd15.parameters()),
-            "full_unet_allreduce_bytes_per_step": sum(p.numel() for p in sd15.parameters()) * FP32_BYTES,
+            "lora_parameters": sd15_lora["parameters"],
+            "lora_allreduce_bytes_per_step": sd15_lora["bytes"],
+            "full_unet_parameters": sd15_full["parameters"],
+            "full_unet_allreduce_bytes_per_step": sd15_full["bytes"],
         },
         "adapters_identical_across_processes": True,  # asserted by train_lora_accelerated
         "versions": {"torch": torch.__version__},

@@ -50,6 +50,21 @@ def training_scheduler(pipe) -> DDPMScheduler:
     return DDPMScheduler.from_config(pipe.scheduler.config)
 
 
+def encode_examples(
+    pipe, image: Image.Image | Sequence[Image.Image], prompt: str | Sequence[str], who: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 4, h, w) latents and (N, 77, D) text embeddings of one image and caption, or of a list of
+    each, encoded once for a training loop (``who`` names it in the error)."""
+    images = [image] if isinstance(image, Image.Image) else list(image)
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not images or len(images) != len(prompts):
+        raise LabError(
+            f"{who} needs one caption per image: got {len(images)} images, {len(prompts)} captions"
+        )
+    latents = torch.cat([encode_image(pipe, i) for i in images])
+    return latents, torch.cat([encode_prompt(pipe, p) for p in prompts])
+
+
 def noised(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor):
     """(noisy latents, the U-Net's target): ``latents`` noised at ``timesteps``, and what the model
     must predict — the noise, or the velocity for a v-prediction model."""
@@ -76,15 +91,8 @@ def train_lora(
     the one, for a single example), noise and timesteps, asks the U-Net for the scheduler's target,
     and steps AdamW on the LoRA parameters only.
     """
-    images = [image] if isinstance(image, Image.Image) else list(image)
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if not images or len(images) != len(prompts):
-        raise LabError(
-            f"train_lora needs one caption per image: got {len(images)} images, {len(prompts)} captions"
-        )
+    latents, text_embeddings = encode_examples(pipe, image, prompt, "train_lora")
     scheduler = training_scheduler(pipe)
-    latents = torch.cat([encode_image(pipe, i) for i in images])  # (N, 4, h, w), once
-    text_embeddings = torch.cat([encode_prompt(pipe, p) for p in prompts])  # (N, 77, D), once
     params = [p for p in lora_parameters(unet).values() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
     generator = torch.Generator("cpu").manual_seed(seed)

@@ -97,8 +97,7 @@ class Context:
             if why == "used_generator":
                 return None, (
                     f"{name} cannot be reproduced{made}: the generator was used before this call: "
-                    "its state is "
-                    f"no longer seed {seed_text} — reseed it right before the call "
+                    f"its state is no longer seed {seed_text} — reseed it right before the call "
                     f"(generator=torch.Generator('cpu').manual_seed({seed_text}))"
                 )
             if why == "no_seed":
@@ -110,8 +109,7 @@ class Context:
             return None, (
                 f"{name} was made with {argument}=…{made}, which the grader cannot redo from a record: leave "
                 f"{argument} out (prompt, negative_prompt, height, width, num_inference_steps, "
-                "guidance_scale, "
-                "generator and cross_attention_kwargs={'scale': ...} are all reproducible)"
+                "guidance_scale, generator and cross_attention_kwargs={'scale': ...} are all reproducible)"
             )
         bad = [field for field, ok in self._record_fields(name, record) if not ok]
         if bad:
@@ -123,9 +121,9 @@ class Context:
         if record.generator_device != "cpu" and not _device_available(record.generator_device):
             return None, (
                 f"{name} was drawn from a {record.generator_device} generator{made}, "
-                "which this grader cannot "
-                "redraw: draw the noise on the CPU (generator=torch.Generator('cpu').manual_seed(SEED)) — "
-                "the same seed then gives the same image on every device"
+                "which this grader cannot redraw: draw the noise on the CPU "
+                "(generator=torch.Generator('cpu').manual_seed(SEED)) — the same seed then gives the same "
+                "image on every device"
             )
         return record, None
 
