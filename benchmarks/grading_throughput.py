@@ -18,10 +18,40 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from common import SOLUTION, report
+
+
+class GpuMemoryPeak:
+    """Peak GPU memory in use on the device (every process, as nvidia-smi reads it), sampled every
+    0.5 s while the block runs; ``None`` without nvidia-smi (CPU)."""
+
+    def __enter__(self) -> GpuMemoryPeak:
+        self.peak_mib: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        if shutil.which("nvidia-smi"):
+            self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.5):
+            done = subprocess.run(
+                ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode == 0 and done.stdout.strip():
+                used = max(int(line) for line in done.stdout.split())
+                self.peak_mib = max(self.peak_mib or 0, used)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 def grade_batch(folder: Path, output: Path, workers: int, model: str, env: dict) -> float:
@@ -50,7 +80,7 @@ def grade_batch(folder: Path, output: Path, workers: int, model: str, env: dict)
             f"batch ({workers} workers) failed, exit {result.returncode}:\n{result.stdout}{result.stderr}"
         )
     results = [json.loads(p.read_text()) for p in output.glob("*/results.json")]
-    if any(r["score"] != r["max_score"] for r in results):
+    if any(r["score"] != sum(t["max_score"] for t in r["tests"]) for r in results):
         sys.exit(f"a copy of the solution did not get full marks: see {output}")
     notebooks = len(list(folder.glob("*.ipynb")))
     if len(results) != notebooks:
@@ -75,9 +105,10 @@ def main(argv: list[str] | None = None) -> dict:
             for index in range(count):
                 shutil.copy(SOLUTION, folders[name] / f"learner{index:03d}.ipynb")
         serial = grade_batch(folders["serial"], root / "out-serial", 1, args.model, env)
-        concurrent = grade_batch(
-            folders["concurrent"], root / "out-concurrent", args.workers, args.model, env
-        )
+        with GpuMemoryPeak() as memory:
+            concurrent = grade_batch(
+                folders["concurrent"], root / "out-concurrent", args.workers, args.model, env
+            )
     serial_rate = 3600 * args.serial / serial
     rate = 3600 * args.submissions / concurrent
     rows = [
@@ -110,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
             "serial_per_hour": round(serial_rate),
             "concurrent_per_hour": round(rate),
             "ratio": round(rate / serial_rate, 3),
+            "peak_gpu_memory_mib": memory.peak_mib,
             "target_cpu_wall_s": 360,
         },
     )
