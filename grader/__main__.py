@@ -7,6 +7,7 @@ python -m grader gradebook RESULTS/
 python -m grader report RESULTS/ [-o FILE]
 python -m grader gradescope -o autograder.zip [--checks FILE] [--model M] [--timeout S]
 python -m grader verify ARTEFACTS/ [--visible-only]    (the self-check's clean process)
+python -m grader regrade RESULTS/ [--checks FILE]      (recompute the checks: no notebook runs)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from lab_utils.errors import LabError
 from lab_utils.files import readable_folder, shown
 from lab_utils.models import model_from_env, resolve_model
 
-COMMANDS = ("release", "batch", "gradebook", "report", "gradescope", "verify")
+COMMANDS = ("release", "batch", "gradebook", "report", "gradescope", "verify", "regrade")
 
 
 def _common(parser: argparse.ArgumentParser, grading: bool = True) -> None:
@@ -70,6 +71,9 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
         "--submission", default=None, help="the submission's name in reports (default: file stem)"
     )
     grade.add_argument("--student", default=None, help="the student's id, for course gradebooks")
+    grade.add_argument(
+        "--timings", action="store_true", help="also print where the seconds went, stage by stage"
+    )
 
     release = argparse.ArgumentParser(
         prog="python -m grader release",
@@ -165,6 +169,19 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     )
     verify.add_argument("--json", type=Path, default=None, metavar="FILE")
     _common(verify)
+
+    regrade = argparse.ArgumentParser(
+        prog="python -m grader regrade",
+        description="Recompute every check from the artefacts a grading kept, with a changed checks "
+        "file (thresholds, points, visibility, optional checks): no notebook runs. Rewrites results, "
+        "feedback and, for a batch, the gradebook and class report.",
+    )
+    regrade.add_argument("results", type=Path, help="a batch's results folder, or one grading's --results")
+    regrade.add_argument(
+        "--checks", type=Path, default=None, help="checks file (TOML); default: the seed lab's"
+    )
+    regrade.add_argument("--model", default=None, help="the base model (default: the one each grading used)")
+    regrade.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return {
         "grade": grade,
         "release": release,
@@ -173,6 +190,7 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
         "report": report,
         "gradescope": gradescope,
         "verify": verify,
+        "regrade": regrade,
     }
 
 
@@ -204,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             "report": _report,
             "gradescope": _gradescope,
             "verify": _verify,
+            "regrade": _regrade,
         }[command](args)
     except LabError as error:
         if args.debug:
@@ -237,6 +256,10 @@ def _grade(args: argparse.Namespace) -> int:
             write_json(args.results / "results.json", error_results(str(error), max_score=config.max_score))
         raise
     print_report(report)
+    if args.timings:
+        from grader.outputs.console import print_timings
+
+        print_timings(report)
     if args.json is not None:
         write_json(args.json, report.to_dict())
     return 0 if report.passed else 1
@@ -345,6 +368,20 @@ def _gradescope(args: argparse.Namespace) -> int:
     path = build_autograder(args.output, args.model, args.checks, args.timeout, args.memory_gb)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB): upload it in Gradescope as the autograder")
     return 0
+
+
+def _regrade(args: argparse.Namespace) -> int:
+    from grader.regrade import regrade
+
+    done = regrade(args.results, args.checks, args.model)
+    print(f"regraded {len(done.regraded)} submission(s) in {done.seconds:.1f} s without running a notebook")
+    if done.regraded and (args.results / "gradebook.csv").is_file():
+        print(f"gradebook: {args.results / 'gradebook.csv'}; class report: {args.results / 'report.html'}")
+    for submission, why in done.rerun.items():
+        print(f"needs its notebook run again: {submission} — {why}")
+    if done.rerun:
+        print("run them again with python -m grader batch SUBMISSIONS -o RESULTS (graded ones are skipped)")
+    return 1 if done.rerun else 0
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -296,3 +297,35 @@ def adapter_problem(folder: Path) -> str | None:
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= MAX_RANK:
             return f"rank {rank!r} is not an integer from 1 to {MAX_RANK}"
     return None
+
+
+KEPT = "artefacts"  # the folder beside results.json where a grading keeps what it verified
+
+
+def keep_artefacts(snapshot: Path, output: Path) -> Path:
+    """Copy what the checks read from ``snapshot`` into ``output/artefacts`` (replacing an earlier
+    copy), so ``python -m grader regrade`` can recompute every check without running the notebook.
+
+    Only the names the grader's artefact cell writes, only regular files (a link the kernel planted
+    is not followed), each no larger than an adapter may be: the kernel wrote this folder.
+    """
+    names = [MANIFEST, EVALUATION, *(f"{n}.png" for n in IMAGE_NAMES)]
+    names += [f"adapter/{n}" for n in ("adapter_config.json", "adapter_model.safetensors")]
+    exports = snapshot / "exports"
+    if exports.is_dir() and not exports.is_symlink():
+        names += [f"exports/{p.name}" for p in sorted(exports.glob("*.safetensors"))[:MAX_EXPORTS]]
+    staging = Path(tempfile.mkdtemp(prefix=".artefacts-", dir=output))
+    try:
+        for name in names:
+            source = snapshot / name
+            if source.is_symlink() or not source.is_file() or source.stat().st_size > MAX_ADAPTER_BYTES:
+                continue
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, staging / name)
+        kept = output / KEPT
+        if kept.exists():
+            shutil.rmtree(kept)
+        staging.rename(kept)  # one rename: a reader sees the old copy gone, then the whole new one
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return kept

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import nbformat
 
-from grader.artefacts import read_artefacts
-from grader.checks import verify
+from grader.artefacts import keep_artefacts, read_artefacts
+from grader.checks import load_base, verify
 from grader.config import GradingConfig
 from grader.environment import fingerprint
 from grader.execute.run import execute_notebook, latest_snapshot
@@ -51,6 +53,12 @@ def adapter_notes(artefacts) -> list[str]:
     ]
 
 
+def run_settings(config: GradingConfig) -> dict:
+    """The settings that shaped the notebook's run (not its verification): a regrade that changes
+    any of them must run the notebook again."""
+    return {"timeouts": asdict(config.timeouts), "limits": asdict(config.limits)}
+
+
 def grade_notebook(
     notebook: str | Path,
     model: str | ModelSpec = "tiny",
@@ -78,7 +86,7 @@ def grade_notebook(
         key=submission_key(path.read_bytes(), config, spec.key),
         status="running",
         max_score=config.max_score,
-        environment=fingerprint(spec),
+        environment={},  # filled in by a thread while the kernel runs (it imports torch: ~1 s)
         reflections=reflections(nb),
         student=student,
     )
@@ -93,14 +101,28 @@ def grade_notebook(
         output.mkdir(parents=True, exist_ok=True)
     save()
     with tempfile.TemporaryDirectory(prefix="artefacts-", dir=runs_root()) as tmp:
+        # 0. the grader's imports and its own base model depend on the model alone: they load in a
+        # thread of this process while the kernel runs (no learner code ever runs here). The thread
+        # ends before the checks compute: torch work from two live threads ran 2× slower on 2 cores.
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="base-model")
+        environment = pool.submit(fingerprint, spec)
+        base = pool.submit(load_base, spec)
         # 1. execute: the learner's code runs in a sandboxed kernel, never in this process; it sees
         # neither the submission's folder (in a batch: every other submission) nor the results
         artefact_dir = Path(tmp)
         private = (path.resolve().parent, *((output.resolve(), output.resolve().parent) if output else ()))
-        execution = execute_notebook(nb, spec, artefact_dir, config, hidden=private)
+        try:
+            execution = execute_notebook(nb, spec, artefact_dir, config, hidden=private)
+        finally:
+            waited = time.monotonic()
+            pool.shutdown(wait=True)
+        timings = execution.timings
+        timings.add("base model: wait after the kernel", time.monotonic() - waited)
+        report.environment = environment.result()
         # 2. artefacts: files only, every field checked (the kernel could write anything)
-        snapshot = latest_snapshot(artefact_dir)
-        artefacts = read_artefacts(snapshot)
+        with timings.stage("artefacts read"):
+            snapshot = latest_snapshot(artefact_dir)
+            artefacts = read_artefacts(snapshot)
         report.execution = {
             "steps_total": execution.steps_total,
             "steps_completed": execution.steps_completed,
@@ -112,17 +134,27 @@ def grade_notebook(
             "sandbox": execution.sandbox,
             "isolation_gaps": execution.isolation,
             "adapter": artefacts.adapter_source,
+            # what `python -m grader regrade` needs to recompute the checks without a rerun
+            "failure_step": execution.failure.step if execution.failure else None,
+            "failure_reason": execution.failure.reason if execution.failure else None,
+            "steps_in_notebook": execution.steps_in_notebook,
+            "run_settings": run_settings(config),
         }
         report.notes = execution.notes + adapter_notes(artefacts)
+        report.timings = timings.stages  # the same dict: later stages appear as they finish
+        if output is not None:
+            with timings.stage("artefacts kept"):
+                keep_artefacts(snapshot, output)
         save()
         # 3. checks: recomputed here, on the grader's own base model
-        for result in verify(artefacts, spec, config, execution.failure):
+        for result in verify(artefacts, spec, config, execution.failure, timings=timings, base=base):
             report.checks.append(result)
             report.score = sum(c.points for c in report.checks)
             save()
         # 4. outputs: results.json and report.json above; the learner's feedback
         if output is not None:
-            write_feedback(report, artefacts, output)
+            with timings.stage("feedback written"):
+                write_feedback(report, artefacts, output)
     report.passed = bool(report.checks) and all(c.passed for c in report.checks)
     report.status = "graded"
     save()

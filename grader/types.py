@@ -5,7 +5,9 @@ merge of ``python -m grader gradebook`` included — can read them without torch
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -106,6 +108,25 @@ class StepFailure:
 
 
 @dataclass
+class Timings:
+    """Wall seconds per stage of one grading, in the order the stages first ran (report.json's
+    ``timings``; ``python -m grader NOTEBOOK --timings`` prints them). A stage entered twice adds up."""
+
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.stages[name] = round(self.stages.get(name, 0.0) + seconds, 3)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.add(name, time.monotonic() - start)
+
+
+@dataclass
 class GradeReport:
     """Everything one grading found; ``report.json`` is this, and every output is made from it."""
 
@@ -124,6 +145,7 @@ class GradeReport:
     reflections: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     student: str | None = None  # the student id, where a course platform gave one (nbgrader's exchange)
+    timings: dict[str, float] = field(default_factory=dict)  # Timings.stages: where the seconds went
 
     def to_dict(self) -> dict:
         return asdict(self)

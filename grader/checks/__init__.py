@@ -22,9 +22,11 @@ from grader.checks import (
     parameter_count,
     pixel_difference,
 )
-from grader.types import Check, CheckResult, StepFailure
+from grader.types import Check, CheckResult, StepFailure, Timings
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from grader.artefacts import Artefacts
     from grader.config import GradingConfig
     from lab_utils.models import ModelSpec
@@ -43,21 +45,34 @@ CHECKS: dict[str, Check] = {
 STEP_FAILED = "step_failed"  # the cause of a check whose step (or an earlier one) did not finish
 
 
+def load_base(model: ModelSpec):
+    """The grader's base pipeline (imports included): what a grading starts in a thread while the
+    learner's kernel runs — it reads nothing the kernel wrote."""
+    from grader.checks.context import load_base
+
+    return load_base(model)
+
+
 def verify(
     artefacts: Artefacts,
     model: ModelSpec,
     config: GradingConfig,
     failure: StepFailure | None = None,
     only: Callable[[str], bool] = lambda name: True,
+    timings: Timings | None = None,
+    base: Future | None = None,
+    shared: tuple | None = None,
 ) -> Iterator[CheckResult]:
     """Yield each check's result as soon as it is computed (callers write results incrementally).
 
     When the notebook failed at step N, checks of steps before N are computed from the last snapshot
     and keep their credit; checks of step N and later fail with "step N failed: <reason>".
     """
-    from grader.checks.context import Context
+    timings = timings if timings is not None else Timings()
+    with timings.stage("grader imports"):
+        from grader.checks.context import Context
 
-    context = Context.load(artefacts, model, config, failure)
+    context = Context.load(artefacts, model, config, failure, timings, base, shared)
     for name, settings in config.checks.items():
         if not only(name):
             continue
@@ -65,7 +80,8 @@ def verify(
         if failure is not None and (failure.step is None or settings.step >= failure.step):
             result = check.result().fail(STEP_FAILED, str(failure))
         else:
-            result = check.run(context, settings)
+            with timings.stage(f"check {name}"):
+                result = check.run(context, settings)
         result.step, result.visibility, result.max_points = (
             settings.step,
             settings.visibility,

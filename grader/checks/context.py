@@ -4,8 +4,10 @@ anything is regenerated from them. Nothing the learner's kernel computed is trus
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, replace
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import diffusers
@@ -13,10 +15,12 @@ import transformers
 from peft import PeftModel
 
 import lab_utils
-from grader.types import StepFailure
+from grader.types import StepFailure, Timings
 from lab_utils.generation import GenerationRecord
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from grader.artefacts import Artefacts
     from grader.config import GradingConfig
     from lab_utils.models import ModelSpec
@@ -32,6 +36,37 @@ def is_number(value) -> bool:
     return (isinstance(value, int | float) and not isinstance(value, bool)) and math.isfinite(value)
 
 
+def load_base(model: ModelSpec):
+    """The grader's own base pipeline, every weight frozen, no progress bars. It depends on the
+    model alone — no artefact, no learner code — so the grader may load it before the kernel ends."""
+    diffusers.utils.logging.disable_progress_bar()  # the grader prints one table, not loading bars
+    transformers.utils.logging.disable_progress_bar()
+    pipe = lab_utils.load_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class BaseRegenerations:
+    """Images the untouched base model made from validated records, kept across the gradings of
+    one process: keyed by the record and which regeneration of it this is (the first and second of
+    a baseline differ where the hardware is not deterministic: that is the noise floor)."""
+
+    def __init__(self) -> None:
+        self.images: dict[tuple[str, int], Any] = {}
+
+
+def own_copy(pipe):
+    """A pipeline sharing ``pipe``'s frozen VAE, text encoder and tokenizer, with its own U-Net and
+    scheduler: what one grading may change (inject an adapter into) without touching the base."""
+    import copy
+
+    components = {**pipe.components, "unet": copy.deepcopy(pipe.unet)}
+    components["scheduler"] = copy.deepcopy(pipe.scheduler)
+    own = type(pipe)(**components, requires_safety_checker=False)
+    own.set_progress_bar_config(disable=True)
+    return own
+
+
 @dataclass
 class Context:
     artefacts: Artefacts
@@ -43,13 +78,30 @@ class Context:
     load_error: str | None  # why the saved adapter could not be loaded
     required_modules: set[str]  # what the required LoRA config wraps in the base U-Net
     expected_count: int  # the parameters it adds (lab_utils.lora_parameter_count)
+    timings: Timings = field(default_factory=Timings)  # stages of verification (report.json "timings")
+    shared: tuple[Any, BaseRegenerations] | None = None  # Context.load's ``shared``
+    base_calls: Counter = field(default_factory=Counter)  # regenerations of each record, adapter off
 
     @classmethod
-    def load(cls, artefacts: Artefacts, model: ModelSpec, config: GradingConfig, failure) -> Context:
-        diffusers.utils.logging.disable_progress_bar()  # the grader prints one table, not loading bars
-        transformers.utils.logging.disable_progress_bar()
-        pipe = lab_utils.load_pipeline(model)
-        pipe.set_progress_bar_config(disable=True)
+    def load(
+        cls,
+        artefacts: Artefacts,
+        model: ModelSpec,
+        config: GradingConfig,
+        failure,
+        timings: Timings,
+        base: Future | None = None,
+        shared: tuple[Any, BaseRegenerations] | None = None,
+    ) -> Context:
+        """``base``: :func:`load_base` already started (the grader loads it while the kernel runs);
+        its wait is what "base model load" then counts. ``shared``: a base pipeline and its
+        regenerations kept across the gradings of one process (a regrade): this grading gets its own
+        copy of the U-Net, and images with the adapter off are made on the untouched base."""
+        with timings.stage("base model load"):
+            if shared is not None:
+                pipe = own_copy(shared[0])
+            else:
+                pipe = base.result() if base is not None else load_base(model)
         lora = config.lora  # measured on the base U-Net, before the learner's adapter is injected into it
         required = set(lab_utils.target_module_names(pipe.unet, lora.targets))
         expected = lab_utils.lora_parameter_count(pipe.unet, lora.rank, lora.targets)
@@ -59,12 +111,25 @@ class Context:
         peft_unet = None
         if artefacts.adapter_dir is not None:
             try:
-                peft_unet = PeftModel.from_pretrained(pipe.unet, artefacts.adapter_dir, is_trainable=True)
-                peft_unet = peft_unet.to(pipe.device)
+                with timings.stage("adapter load"):
+                    peft_unet = PeftModel.from_pretrained(pipe.unet, artefacts.adapter_dir, is_trainable=True)
+                    peft_unet = peft_unet.to(pipe.device)
             except Exception as error:  # noqa: BLE001 — any failure to load is the learner's adapter's fault
                 text = str(error).strip()
                 load_error = text.splitlines()[0] if text else type(error).__name__
-        return cls(artefacts, model, config, failure, pipe, peft_unet, load_error, required, expected)
+        return cls(
+            artefacts,
+            model,
+            config,
+            failure,
+            pipe,
+            peft_unet,
+            load_error,
+            required,
+            expected,
+            timings,
+            shared,
+        )
 
     @property
     def stopped(self) -> str | None:
@@ -178,10 +243,19 @@ class Context:
         from lab_utils.generation import regenerate
 
         assert self.peft_unet is not None
-        if adapted:
-            return regenerate(self.pipe, record)
-        with self.peft_unet.disable_adapter():
-            return regenerate(self.pipe, replace(record, lora_scale=None))
+        with self.timings.stage("of which regenerations"):
+            if adapted:
+                return regenerate(self.pipe, record)
+            if self.shared is not None:
+                base, made = self.shared
+                text = json.dumps(asdict(record), sort_keys=True, default=str)
+                key = (text, self.base_calls[text])  # the nth regeneration of it: the noise floor stays
+                self.base_calls[text] += 1
+                if key not in made.images:
+                    made.images[key] = regenerate(base, replace(record, lora_scale=None))
+                return made.images[key].copy()
+            with self.peft_unet.disable_adapter():
+                return regenerate(self.pipe, replace(record, lora_scale=None))
 
 
 MAX_IMAGES = 8  # images one recorded call may make (all are regenerated to redraw one)

@@ -29,7 +29,7 @@ from grader.execute.sandbox import (
     runs_root,
 )
 from grader.notebook import cell_steps
-from grader.types import StepFailure
+from grader.types import StepFailure, Timings
 from lab_utils.models import MODEL_ENV, ModelSpec
 
 KERNEL_NAME = "sd-lora-lab-grader"
@@ -43,6 +43,7 @@ class Execution:
 
     steps_total: int
     steps_completed: int
+    steps_in_notebook: int = 0  # steps_total leaves out those no check reads (they are not run)
     failure: StepFailure | None = None
     seconds: float = 0.0
     cells_run: int = 0
@@ -50,6 +51,7 @@ class Execution:
     sandbox: str = ""  # the sandbox mode used
     isolation: list[str] = field(default_factory=list)  # protections this machine could not enforce
     output_dropped: int = 0  # bytes of output beyond the cap
+    timings: Timings = field(default_factory=Timings)  # sandbox, kernel start, each step, snapshots
 
 
 def _kernel_manager(kernels_dir: Path, sandbox: Sandbox) -> AsyncKernelManager:
@@ -147,7 +149,20 @@ def execute_notebook(
     output_mb = config.limits.output_mb
     nb = copy.deepcopy(nb)  # outputs and the grader's cell are written into this copy
     steps = cell_steps(nb)
-    execution = Execution(steps_total=max((s for s in steps if s is not None), default=0), steps_completed=0)
+    last_step = max((s for s in steps if s is not None), default=0)
+    # steps after the last one a check reads (step 5, optional, when its checks are off) are not run:
+    # their cells can change nothing a check computes, and a class's night of grading is shorter
+    graded_through = max((s.step for s in config.checks.values()), default=last_step)
+    execution = Execution(
+        steps_total=min(last_step, graded_through), steps_completed=0, steps_in_notebook=last_step
+    )
+    if last_step > graded_through:
+        skipped = [str(n) for n in range(graded_through + 1, last_step + 1)]
+        execution.notes.append(
+            f"step {skipped[0]} not run: no check in this checks file reads it"
+            if len(skipped) == 1
+            else f"steps {', '.join(skipped)} not run: no check in this checks file reads them"
+        )
     start = time.monotonic()
     deadline = start + total_timeout
     hit_total = {"value": False}
@@ -158,12 +173,17 @@ def execute_notebook(
             hit_total["value"] = True
         return max(1, int(min(cell_timeout, remaining)))
 
-    make_model_available(model)
+    timings = execution.timings
+    with timings.stage("model files"):
+        make_model_available(model)
     with tempfile.TemporaryDirectory(prefix="run-", dir=runs_root()) as tmp:
         model_paths = (model.source, model.config) if model.kind in ("folder", "single_file") else ()
-        sandbox = prepare(Path(tmp) / "run", config.limits, hidden, needed=tuple(p for p in model_paths if p))
-        artefact_dir.mkdir(parents=True, exist_ok=True)
-        allow_writes(sandbox, artefact_dir)
+        with timings.stage("sandbox prepare"):
+            sandbox = prepare(
+                Path(tmp) / "run", config.limits, hidden, needed=tuple(p for p in model_paths if p)
+            )
+            artefact_dir.mkdir(parents=True, exist_ok=True)
+            allow_writes(sandbox, artefact_dir)
         execution.sandbox = sandbox.mode
         if sandbox.mode == "none":
             execution.notes.append(UNSANDBOXED_NOTE)
@@ -182,6 +202,7 @@ def execute_notebook(
         )
         current_step: int | None = None  # the step of the last code cell that ran
         completed_through = 0
+        kernel_start = time.monotonic()
         try:
             # The kernel's own stderr (ZMQ notices, "parent exited") goes to a log, not the grader's
             # terminal. cleanup_kc=True: nbclient shuts down only kernels of managers it created
@@ -190,6 +211,7 @@ def execute_notebook(
                 open(Path(tmp) / "kernel.log", "wb") as log,
                 client.setup_kernel(env=env, stdout=log, stderr=log, cleanup_kc=True),
             ):
+                timings.add("kernel start", time.monotonic() - kernel_start)
                 execution.isolation = sandbox.isolation_notes()  # written before any learner code
                 kernel_processes = descendants(os.getpid())  # the kernel as started, no learner code yet
                 kernel_alive = True
@@ -197,6 +219,8 @@ def execute_notebook(
                     if cell.cell_type != "code" or SKIP_TAG in cell.metadata.get("tags", []):
                         continue
                     step = steps[index]
+                    if step is not None and step > graded_through:
+                        continue
                     if step != current_step and current_step is not None:
                         # step `current_step` finished: snapshot it, so a kernel that dies later
                         # still leaves what the earlier steps produced (partial credit)
@@ -204,7 +228,8 @@ def execute_notebook(
                         _save(client, artefact_dir / f"after-step-{current_step}", execution)
                     current_step = step
                     try:
-                        client.execute_cell(cell, index)
+                        with timings.stage(f"step {step}" if step is not None else "setup cells"):
+                            client.execute_cell(cell, index)
                         execution.cells_run += 1
                     except CellTimeoutError:
                         reason = (
@@ -236,7 +261,9 @@ def execute_notebook(
         except RuntimeError as error:  # kernel failed to start
             execution.failure = StepFailure(None, f"the kernel did not start: {error}")
         finally:
+            ended = time.monotonic()
             sandbox.kill_all()  # every process the kernel started, whatever it did to escape
+            timings.add("kernel stop", time.monotonic() - ended)
         execution.output_dropped = client.output_dropped
         if client.output_dropped:
             execution.notes.append(
@@ -268,7 +295,8 @@ def _save(client: NotebookClient, artefact_dir: Path, execution: Execution) -> N
     saved_timeout_func = client.timeout_func
     client.timeout_func = lambda _cell: int(SAVE_TIMEOUT)
     try:
-        client.execute_cell(cell, index, store_history=False)
+        with execution.timings.stage("artefact snapshots"):
+            client.execute_cell(cell, index, store_history=False)
     except (CellExecutionError, CellTimeoutError, DeadKernelError) as error:
         execution.notes.append(f"saving the artefacts failed: {_error_line(error)}")
     finally:

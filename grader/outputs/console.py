@@ -45,6 +45,22 @@ def print_report(report: GradeReport, console: Console | None = None) -> None:
     console.print(f"score {report.score:g}/{report.max_score:g} — {verdict} ({report.seconds:.1f} s)")
 
 
+def print_timings(report: GradeReport, console: Console | None = None) -> None:
+    """Where one grading's seconds went: each stage in the order it ran, its share of the wall time
+    (the "of which" line is part of the checks above it), and what no stage accounts for."""
+    console = console or Console()
+    table = Table(title="timings", title_justify="left", show_edge=False)
+    for column, justify in (("stage", "left"), ("seconds", "right"), ("share", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    wall = report.seconds or 1.0
+    for stage, seconds in report.timings.items():
+        table.add_row(stage, f"{seconds:.2f}", f"{100 * seconds / wall:.0f} %")
+    counted = sum(s for name, s in report.timings.items() if not name.startswith("of which"))
+    table.add_row("[dim]not in a stage[/]", f"{max(0.0, report.seconds - counted):.2f}", "")
+    table.add_row("[bold]wall[/]", f"{report.seconds:.2f}", "100 %")
+    console.print(table)
+
+
 def print_summary(summary: dict, results: Path, console: Console | None = None) -> None:
     console = console or Console()
     console.print(

@@ -1,0 +1,152 @@
+"""Regrade without re-running: recompute every check from the artefacts each grading kept (its
+``artefacts/`` folder beside ``results.json``) with a changed checks file — a threshold, points,
+visibility, an optional check turned on — then rewrite results, feedback, gradebook and report.
+
+No kernel starts and no learner code runs: this process reads the kept files with the same checks
+as a grading (``read_artefacts``) and recomputes on its own base model, loaded once for the class.
+Each submission gets its own copy of the base U-Net (a learner's adapter never touches another's
+grading); regenerations with the adapter off depend on the base model and the record alone, so
+identical records (most of a class: the lab's prompt and seed) are regenerated once.
+
+What needs the notebooks to run again is said, with the submissions it concerns: settings that
+shaped the run (timeouts, the kernel's limits), a check of a step the run skipped, a grading that
+kept no artefacts (an error, a timeout, or one made before artefacts were kept).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from grader.artefacts import KEPT, read_artefacts
+from grader.config import GradingConfig, load_config
+from grader.files import write_json
+from grader.grade import run_settings
+from grader.types import CheckResult, GradeReport, StepFailure, Timings, submission_key
+from lab_utils.errors import LabError
+from lab_utils.files import readable_folder, shown
+from lab_utils.models import resolve_model
+
+
+@dataclass
+class Regrade:
+    """What a regrade did: the submissions regraded, and those that must run again, with why."""
+
+    regraded: list[str] = field(default_factory=list)
+    rerun: dict[str, str] = field(default_factory=dict)  # submission → why it needs the notebook run
+    seconds: float = 0.0
+
+
+def graded_folders(results: Path) -> list[Path]:
+    """One grading's results folder, or every submission folder of a batch's results."""
+    readable_folder(results, "results folder")
+    if (results / "report.json").is_file():
+        return [results]
+    folders = sorted(p.parent for p in results.glob("*/report.json"))
+    if not folders:
+        raise LabError(
+            f"results folder '{shown(results)}' holds no graded submissions (no report.json): grade them "
+            "first with python -m grader NOTEBOOK --results DIR or python -m grader batch"
+        )
+    return folders
+
+
+def run_keys(checks: Path | None) -> dict[str, set[str]]:
+    """The run settings a checks file sets itself ([timeouts], [limits]): only those can differ from
+    the saved run's (which may have come from a batch's --timeout)."""
+    if checks is None:
+        return {}
+    data = tomllib.loads(checks.read_text())
+    return {part: set(data[part]) for part in ("timeouts", "limits") if isinstance(data.get(part), dict)}
+
+
+def rerun_reason(data: dict, config: GradingConfig, explicit: dict[str, set[str]]) -> str | None:
+    """Why this saved grading cannot be recomputed from its artefacts, or None."""
+    execution = data.get("execution") or {}
+    if data.get("status") != "graded":
+        return f"its grading ended with status '{data.get('status')}'"
+    if "run_settings" not in execution:
+        return "it was graded before the grader kept artefacts"
+    changed = sorted(
+        f"{part}.{key}"
+        for part, values in run_settings(config).items()
+        for key, value in values.items()
+        if key in explicit.get(part, ()) and execution["run_settings"].get(part, {}).get(key) != value
+    )
+    if changed:
+        return f"the checks file changes how the notebook runs ({', '.join(changed)})"
+    ran = execution.get("steps_total", 0)
+    needed = max((s.step for s in config.checks.values()), default=0)
+    if needed > ran and execution.get("steps_in_notebook", 0) > ran:
+        return f"a check reads step {needed}, which its run did not execute"
+    return None
+
+
+def regrade(results: Path, checks: Path | None = None, model: str | None = None) -> Regrade:
+    """Recompute every submission's checks in ``results`` with ``config``; rewrite each one's
+    results.json, report.json and feedback, then (for a batch) the gradebook and class report."""
+    from grader.checks import load_base, verify
+    from grader.checks.context import BaseRegenerations
+    from grader.outputs.feedback import write_feedback
+    from grader.outputs.gradescope import write_results
+
+    start = time.monotonic()
+    config = load_config(checks) if checks is not None else GradingConfig()
+    explicit = run_keys(checks)
+    done = Regrade()
+    folders = graded_folders(results)
+    saved = {folder: json.loads((folder / "report.json").read_text()) for folder in folders}
+    bases: dict[tuple, tuple] = {}  # model key → (pipeline, regenerations), loaded once
+    for folder, data in saved.items():
+        why = rerun_reason(data, config, explicit)
+        if why is None and not (folder / KEPT / "manifest.json").is_file():
+            why = "its artefacts folder is missing"
+        if why is not None:
+            done.rerun[data.get("submission", folder.name)] = why
+            continue
+        spec = resolve_model(model or data["model"])
+        if spec.key not in bases:
+            bases[spec.key] = (load_base(spec), BaseRegenerations())
+        report = _report(data)
+        report.checks, report.score, report.max_score = [], 0.0, config.max_score
+        execution = report.execution
+        failure = (
+            StepFailure(execution["failure_step"], execution["failure_reason"])
+            if execution.get("failure_reason")
+            else None
+        )
+        artefacts = read_artefacts(folder / KEPT)
+        timings = Timings()
+        began = time.monotonic()
+        report.checks = list(
+            verify(artefacts, spec, config, failure, timings=timings, shared=bases[spec.key])
+        )
+        report.score = sum(c.points for c in report.checks)
+        report.passed = bool(report.checks) and all(c.passed for c in report.checks)
+        report.timings = {**timings.stages, "regrade": round(time.monotonic() - began, 3)}
+        notebook = Path(report.notebook)
+        if notebook.is_file():  # a later batch with this checks file then skips it (same key)
+            report.key = submission_key(notebook.read_bytes(), config, spec.key)
+        write_results(report, folder / "results.json")
+        write_json(folder / "report.json", report.to_dict())
+        if (folder / "feedback.md").is_file():
+            write_feedback(report, artefacts, folder)
+        done.regraded.append(report.submission)
+    if folders != [results]:
+        from grader.outputs.gradebook import write_gradebook
+        from grader.outputs.report import write_report
+
+        write_gradebook(results)
+        write_report(results)
+    done.seconds = time.monotonic() - start
+    return done
+
+
+def _report(data: dict) -> GradeReport:
+    known = {f.name for f in fields(GradeReport)}
+    report = GradeReport(**{k: v for k, v in data.items() if k in known and k != "checks"})
+    report.checks = [CheckResult(**c) for c in data.get("checks", [])]
+    return report
