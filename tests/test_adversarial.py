@@ -37,7 +37,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from grader import GradingConfig, grade_notebook, load_config
-from grader.execute.sandbox import bwrap_works, can_limit_processes, descendants, namespaces_problem
+from grader.execute.processes import can_limit_processes, descendants
+from grader.execute.sandbox import bwrap_works, namespaces_problem
 from grader.grade import reflections
 from grader.notebook import cell_steps, read_notebook
 from lab_utils.errors import LabError

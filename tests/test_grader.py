@@ -42,6 +42,21 @@ def test_solution_passes_every_check_through_the_cli_on_an_fp16_only_pod_folder(
     assert "step 5" not in report["timings"]
     assert report["model"] == str(model) and report["environment"]["kind"] == "folder"
     assert "Traceback" not in result.stderr
+    # the instructor raises the bar after grading: recomputed from the kept artefacts, no kernel
+    assert (tmp_path / "results" / "artefacts" / "adapter" / "adapter_model.safetensors").is_file()
+    strict = tmp_path / "strict.toml"
+    strict.write_text("[checks.pixel_difference]\nmin_mean_abs_diff = 250\npoints = 5\n")
+    again = run_grader("regrade", str(tmp_path / "results"), "--checks", str(strict))
+    assert again.returncode == 0 and "regraded 1 submission(s)" in again.stdout, again.stdout + again.stderr
+    regraded = json.loads((tmp_path / "results" / "report.json").read_text())
+    pixels = next(c for c in regraded["checks"] if c["name"] == "pixel_difference")
+    assert not pixels["passed"] and pixels["expected"] == "> 250" and pixels["max_points"] == 5
+    assert pixels["value"] == pytest.approx(checks["pixel_difference"]["value"])  # the same regeneration
+    assert regraded["score"] == 2 and regraded["max_score"] == 7
+    assert "regrade" in regraded["timings"] and "kernel start" not in regraded["timings"]
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert results["score"] == 2
+    assert "**Score: 2 / 7**" in (tmp_path / "results" / "feedback.md").read_text()
 
 
 @pytest.mark.parametrize(

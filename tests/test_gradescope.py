@@ -27,7 +27,7 @@ from helpers import (
 )
 
 from grader.config import load_config
-from grader.execute.sandbox import descendants
+from grader.execute.processes import descendants
 from grader.outputs.gradescope import SCHEMA, to_results
 
 SCHEMA_JSON = json.loads(SCHEMA.read_text())

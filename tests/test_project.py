@@ -172,6 +172,16 @@ def test_find_cycle_finds_a_hidden_cycle():
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
 
 
+def test_no_module_of_the_packages_is_over_450_lines():
+    """Modules stay small enough to read in one sitting: a job that outgrows one gets its own."""
+    sizes = {
+        path.relative_to(ROOT).as_posix(): len(path.read_text().splitlines())
+        for package in ("grader", "lab_utils")
+        for path in (ROOT / package).rglob("*.py")
+    }
+    assert sizes and {name: n for name, n in sizes.items() if n > 450} == {}
+
+
 def test_no_import_cycle_anywhere_in_grader_and_lab_utils():
     modules = _modules()
     graph = {name: _imports(tree, set(modules)) - {name} for name, tree in modules.items()}

@@ -14,8 +14,9 @@ from helpers import STEP3, config, solution_with
 import grader.execute.sandbox
 from grader import grade_notebook
 from grader.config import Limits
+from grader.execute.processes import descendants
 from grader.execute.run import _error_line
-from grader.execute.sandbox import UNSANDBOXED_NOTE, descendants, namespaces_problem, prepare
+from grader.execute.sandbox import UNSANDBOXED_NOTE, namespaces_problem, prepare
 from lab_utils.errors import LabError
 
 pytestmark = pytest.mark.notebook

@@ -19,15 +19,8 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 
 from grader.artefacts import save_cell_source
 from grader.config import GradingConfig
-from grader.execute.sandbox import (
-    UNSANDBOXED_NOTE,
-    Sandbox,
-    allow_writes,
-    descendants,
-    memory_exhausted,
-    prepare,
-    runs_root,
-)
+from grader.execute.processes import descendants, memory_exhausted
+from grader.execute.sandbox import UNSANDBOXED_NOTE, Sandbox, allow_writes, prepare, runs_root
 from grader.notebook import cell_steps
 from grader.types import StepFailure, Timings
 from lab_utils.models import MODEL_ENV, ModelSpec

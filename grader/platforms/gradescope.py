@@ -271,7 +271,7 @@ def _config(root: Path, settings: dict):
 def cpus() -> int:
     """The CPUs this process may use: its affinity, capped by its control group's CFS quota
     (Gradescope's "0.5 CPU" is a quota, which ``nproc`` does not show)."""
-    from grader.execute.sandbox import CGROUP_ROOT, own_cgroup_paths
+    from grader.execute.processes import CGROUP_ROOT, own_cgroup_paths
 
     count = len(os.sched_getaffinity(0))
     own = own_cgroup_paths()
