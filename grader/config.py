@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +232,11 @@ class GradingConfig:
                 options={k: values.get(k, v) for k, v in base.options.items()},
             )
         return cls(checks=checks, **built)
+
+    def run_settings(self) -> dict:
+        """The settings that shaped the notebook's run (not its verification): a regrade that
+        changes any of them must run the notebook again."""
+        return {"timeouts": asdict(self.timeouts), "limits": asdict(self.limits)}
 
     def with_command_line(self, timeout: float | None, cell_timeout: float | None, sandbox: str | None):
         """``--timeout``, ``--cell-timeout`` and ``--sandbox`` over this config, validated the same way."""

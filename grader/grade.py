@@ -13,7 +13,6 @@ from __future__ import annotations
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 
 import nbformat
@@ -51,12 +50,6 @@ def adapter_notes(artefacts) -> list[str]:
     return [
         f"graded the active adapter '{source['adapter']}' of `{source['variable']}` (also there: {others})"
     ]
-
-
-def run_settings(config: GradingConfig) -> dict:
-    """The settings that shaped the notebook's run (not its verification): a regrade that changes
-    any of them must run the notebook again."""
-    return {"timeouts": asdict(config.timeouts), "limits": asdict(config.limits)}
 
 
 def grade_notebook(
@@ -138,7 +131,7 @@ def grade_notebook(
             "failure_step": execution.failure.step if execution.failure else None,
             "failure_reason": execution.failure.reason if execution.failure else None,
             "steps_in_notebook": execution.steps_in_notebook,
-            "run_settings": run_settings(config),
+            "run_settings": config.run_settings(),
         }
         report.notes = execution.notes + adapter_notes(artefacts)
         report.timings = timings.stages  # the same dict: later stages appear as they finish

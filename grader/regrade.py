@@ -24,7 +24,6 @@ from pathlib import Path
 from grader.artefacts import KEPT, read_artefacts
 from grader.config import GradingConfig, load_config
 from grader.files import write_json
-from grader.grade import run_settings
 from grader.types import CheckResult, GradeReport, StepFailure, Timings, submission_key
 from lab_utils.errors import LabError
 from lab_utils.files import readable_folder, shown
@@ -72,7 +71,7 @@ def rerun_reason(data: dict, config: GradingConfig, explicit: dict[str, set[str]
         return "it was graded before the grader kept artefacts"
     changed = sorted(
         f"{part}.{key}"
-        for part, values in run_settings(config).items()
+        for part, values in config.run_settings().items()
         for key, value in values.items()
         if key in explicit.get(part, ()) and execution["run_settings"].get(part, {}).get(key) != value
     )

@@ -13,7 +13,6 @@ from helpers import lab_artefacts, lab_namespace
 from grader.__main__ import main
 from grader.artefacts import KEPT, keep_artefacts
 from grader.config import GradingConfig
-from grader.grade import run_settings
 from grader.regrade import regrade, rerun_reason
 
 
@@ -33,7 +32,7 @@ def saved_report(submission: str, **execution) -> dict:
             "failure": None,
             "failure_step": None,
             "failure_reason": None,
-            "run_settings": run_settings(GradingConfig()),
+            "run_settings": GradingConfig().run_settings(),
             **execution,
         },
     }
