@@ -21,6 +21,7 @@ from grader.artefacts import keep_artefacts, read_artefacts
 from grader.checks import load_base, verify
 from grader.config import GradingConfig
 from grader.environment import fingerprint
+from grader.execute.processes import memory_limit
 from grader.execute.run import execute_notebook, latest_snapshot
 from grader.execute.sandbox import runs_root
 from grader.files import write_json
@@ -29,6 +30,8 @@ from grader.outputs.feedback import write_feedback
 from grader.outputs.gradescope import write_results
 from grader.types import GradeReport, submission_key
 from lab_utils.models import ModelSpec, resolve_model
+
+OVERLAP_MEMORY = 3 * 2**29  # 1.5 GB: the grader's base model beside the kernel's (tiny: ~0.95 GB together)
 
 
 def reflections(nb: nbformat.NotebookNode) -> list[dict]:
@@ -97,9 +100,11 @@ def grade_notebook(
         # 0. the grader's imports and its own base model depend on the model alone: they load in a
         # thread of this process while the kernel runs (no learner code ever runs here). The thread
         # ends before the checks compute: torch work from two live threads ran 2× slower on 2 cores.
+        # Both models in memory at once need room: below OVERLAP_MEMORY (Gradescope's 0.75 GB
+        # machine) the grader loads its own after the kernel has ended, as before.
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="base-model")
         environment = pool.submit(fingerprint, spec)
-        base = pool.submit(load_base, spec)
+        base = pool.submit(load_base, spec) if memory_limit() >= OVERLAP_MEMORY else None
         # 1. execute: the learner's code runs in a sandboxed kernel, never in this process; it sees
         # neither the submission's folder (in a batch: every other submission) nor the results
         artefact_dir = Path(tmp)

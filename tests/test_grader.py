@@ -5,6 +5,7 @@ the solution are the catalogue in tests/adversarial.py (tests/test_adversarial.p
 from __future__ import annotations
 
 import json
+import os
 
 import layouts
 import pytest
@@ -86,3 +87,28 @@ def test_missing_notebook_is_one_line(tmp_path):
         result.returncode == 2
         and result.stderr.strip() == f"error: notebook '{tmp_path / 'nope.ipynb'}' does not exist"
     )
+
+
+def test_with_little_memory_the_grader_loads_its_model_after_the_kernel(tmp_path, monkeypatch):
+    """Below 1.5 GB (Gradescope's 0.75 GB machine) the base model is not loaded beside the kernel's:
+    the grading is the same, its model load comes after the kernel."""
+    import grader.grade
+    from grader.grade import grade_notebook
+
+    monkeypatch.setattr(grader.grade, "memory_limit", lambda: 2**29)
+    report = grade_notebook(solution_with(quick=True)(tmp_path), "tiny")
+    assert report.score == report.max_score == 3
+    assert report.timings["base model load"] > 0.2  # loaded now, not while the kernel ran
+    assert report.environment["kind"] == "tiny"
+
+
+def test_memory_limit_is_the_control_group_s_cap_where_one_is_set(tmp_path, monkeypatch):
+    import grader.execute.processes as processes
+
+    (tmp_path / "grading").mkdir()
+    (tmp_path / "grading" / "memory.max").write_text("805306368\n")
+    monkeypatch.setattr(processes, "CGROUP_ROOT", tmp_path)
+    monkeypatch.setattr(processes, "own_cgroup_paths", lambda: {"": "/grading"})
+    assert processes.memory_limit() == 805306368
+    (tmp_path / "grading" / "memory.max").write_text("max\n")  # no cap: the machine's memory
+    assert processes.memory_limit() == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -167,3 +167,21 @@ def _alive(group: Path) -> bool:
         return bool((group / "cgroup.procs").read_text().split())
     except OSError:
         return False
+
+
+def memory_limit() -> int:
+    """Bytes of memory this process may use: the machine's RAM, or its control group's cap where
+    one is set (a Gradescope container, a Slurm task, a pod's limit)."""
+    limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    own = own_cgroup_paths()
+    candidates = [CGROUP_ROOT / own.get("", "/").lstrip("/") / "memory.max"]
+    if "memory" in own:
+        candidates.append(CGROUP_ROOT / "memory" / own["memory"].lstrip("/") / "memory.limit_in_bytes")
+    for path in candidates:
+        try:
+            value = path.read_text().strip()
+        except OSError:
+            continue
+        if value.isdigit():
+            limit = min(limit, int(value))
+    return limit
