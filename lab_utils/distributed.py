@@ -84,6 +84,33 @@ def ring_allreduce_seconds(nbytes: float, gpus: int, gigabytes_per_second: float
     return 2 * (gpus - 1) / gpus * nbytes / (gigabytes_per_second * 1e9)
 
 
+def comparison_runs(
+    model: str, gpus: int, python: str, accelerate: str, steps: int = 20, batch: int = 8
+) -> tuple[list[list[str]], str]:
+    """The two runs going_further.ipynb §5 compares — one process, then two on the same global
+    batch — where both can run: with two or more GPUs, one GPU per process (NCCL, bf16 autocast);
+    otherwise two CPU processes in a gloo group, on the built-in ``tiny`` model unless ``model`` is
+    it already (one SD 1.5 training step takes minutes on a CPU). Returns both commands (``--out``
+    still to add) and one line saying where they run."""
+    from lab_utils.models import resolve_model
+
+    common = ["-m", "lab_utils.distributed", "--steps", str(steps), "--batch", str(batch)]
+    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--dynamo_backend", "no"]  # --multi_gpu: torchrun's launcher, on GPUs and CPUs alike
+    if gpus >= 2:
+        run = [*common, "--model", model]
+        return [
+            [python, *run],
+            [*launch, *run],
+        ], f"on GPUs: one process on 1 GPU, then 2 processes on 2 GPUs ({model})"
+    tiny = resolve_model(model).kind == "tiny"
+    run = [*common, "--cpu", "--model", model if tiny else "tiny"]
+    where = "on this machine's CPU: 1 process, then 2 processes in one gloo group"
+    if not tiny:
+        where += f" — with the built-in tiny model, not {model}: an SD 1.5 step on a CPU takes minutes"
+    return [[python, *run], [*launch, "--mixed_precision", "no", *run]], where
+
+
 def run(args: argparse.Namespace) -> dict:
     import torch
     from accelerate import Accelerator

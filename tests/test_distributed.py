@@ -129,3 +129,36 @@ def test_bf16_mixed_precision_trains_and_keeps_the_lora_weights_fp32(tmp_path):
     adapter = _adapter(tmp_path / "bf16")
     assert {str(t.dtype) for t in adapter.values()} == {"torch.float32"}
     assert max(t.abs().max().item() for k, t in adapter.items() if "lora_B" in k) > 0  # it stepped
+
+
+def test_the_notebook_s_comparison_runs_where_both_runs_can(tmp_path):
+    """going_further §5: two GPUs or more take one process each; without them both runs stay on the
+    CPU — and on the tiny model, whatever the notebook's model (SD 1.5 on a CPU would take hours)."""
+    from lab_utils.distributed import comparison_runs
+
+    (one, two), where = comparison_runs("tiny", 0, "python", "accelerate")
+    assert one == [
+        "python",
+        "-m",
+        "lab_utils.distributed",
+        "--steps",
+        "20",
+        "--batch",
+        "8",
+        "--cpu",
+        "--model",
+        "tiny",
+    ]
+    assert two[:4] == ["accelerate", "launch", "--multi_gpu", "--num_processes"] and two[-9:] == one[1:]
+    assert "--mixed_precision" in two and where.startswith("on this machine's CPU")
+
+    (one, two), where = comparison_runs("sd15-arch", 1, "python", "accelerate")
+    assert (
+        one[-2:] == ["--model", "tiny"]
+        and "--cpu" in one
+        and "with the built-in tiny model, not sd15-arch" in where
+    )
+
+    (one, two), where = comparison_runs("sd15-arch", 8, "python", "accelerate")
+    assert "--cpu" not in one + two and one[-2:] == two[-2:] == ["--model", "sd15-arch"]
+    assert two[two.index("--num_processes") + 1] == "2" and where.startswith("on GPUs")
