@@ -152,9 +152,9 @@ def execute_notebook(
     if last_step > graded_through:
         skipped = [str(n) for n in range(graded_through + 1, last_step + 1)]
         execution.notes.append(
-            f"step {skipped[0]} not run: no check in this checks file reads it"
+            f"step {skipped[0]} was not run: none of this course's checks reads it"
             if len(skipped) == 1
-            else f"steps {', '.join(skipped)} not run: no check in this checks file reads them"
+            else f"steps {', '.join(skipped)} were not run: none of this course's checks reads them"
         )
     start = time.monotonic()
     deadline = start + total_timeout
