@@ -85,8 +85,9 @@ def rerun_reason(data: dict, config: GradingConfig, explicit: dict[str, set[str]
 
 
 def regrade(results: Path, checks: Path | None = None, model: str | None = None) -> Regrade:
-    """Recompute every submission's checks in ``results`` with ``config``; rewrite each one's
-    results.json, report.json and feedback, then (for a batch) the gradebook and class report."""
+    """Recompute every submission's checks in ``results`` with the ``checks`` file (default: the
+    seed lab's); rewrite each one's results.json, report.json and feedback, then (for a batch) the
+    gradebook and class report. ``model``: the base model, if not the one each grading used."""
     from grader.checks import load_base, verify
     from grader.checks.context import BaseRegenerations
     from grader.outputs.feedback import write_feedback
@@ -97,15 +98,20 @@ def regrade(results: Path, checks: Path | None = None, model: str | None = None)
     explicit = run_keys(checks)
     done = Regrade()
     folders = graded_folders(results)
-    saved = {folder: json.loads((folder / "report.json").read_text()) for folder in folders}
     bases: dict[tuple, tuple] = {}  # model key → (pipeline, regenerations), loaded once
-    for folder, data in saved.items():
-        why = rerun_reason(data, config, explicit)
+    for folder in folders:
+        data = _saved(folder)
+        why = (
+            "its report.json is not one the grader wrote"
+            if data is None
+            else rerun_reason(data, config, explicit)
+        )
         if why is None and not (folder / KEPT / "manifest.json").is_file():
             why = "its artefacts folder is missing"
         if why is not None:
-            done.rerun[data.get("submission", folder.name)] = why
+            done.rerun[(data or {}).get("submission", folder.name)] = why
             continue
+        assert data is not None
         spec = resolve_model(model or data["model"])
         if spec.key not in bases:
             bases[spec.key] = (load_base(spec), BaseRegenerations())
@@ -142,6 +148,16 @@ def regrade(results: Path, checks: Path | None = None, model: str | None = None)
         write_report(results)
     done.seconds = time.monotonic() - start
     return done
+
+
+def _saved(folder: Path) -> dict | None:
+    """A grading's report.json, if it is a JSON object with what a regrade reads."""
+    try:
+        data = json.loads((folder / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    keys = {"submission", "notebook", "model", "status", "execution"}
+    return data if isinstance(data, dict) and keys <= set(data) else None
 
 
 def _report(data: dict) -> GradeReport:

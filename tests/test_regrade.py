@@ -91,6 +91,8 @@ def test_what_needs_the_notebook_run_again_is_named_with_why(tmp_path, capsys):
     for name, report in (("late", late), ("lost", saved_report("lost"))):
         (tmp_path / name).mkdir()
         (tmp_path / name / "report.json").write_text(json.dumps(report))
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "report.json").write_text('{"submission": "torn", ')
     checks = tmp_path / "slower.toml"
     checks.write_text("[timeouts]\ncell = 30\n")
     assert main(["regrade", str(tmp_path), "--checks", str(checks)]) == 1
@@ -98,6 +100,7 @@ def test_what_needs_the_notebook_run_again_is_named_with_why(tmp_path, capsys):
     assert "regraded 0 submission(s)" in out
     assert "needs its notebook run again: late — its grading ended with status 'timeout'" in out
     assert "needs its notebook run again: lost — the checks file changes how the notebook runs" in out
+    assert "needs its notebook run again: torn — its report.json is not one the grader wrote" in out
     assert "python -m grader batch SUBMISSIONS -o RESULTS" in out
 
 
