@@ -4,15 +4,17 @@
 # public config as a diffusers folder on local disk (random weights: the same compute and memory as
 # the real ones; then every scenario loads it as a pod loads SD 1.5) and prints each table.
 #
-#   pip download -d WHEELS --only-binary=:all: --python-version 3.12 ... diffusers nbclient ipykernel \
-#       ipywidgets; pip download -d WHEELS --no-deps peft accelerate    # on a networked machine
-#   WHEELS=WHEELS bash benchmarks/gpu.sh [SCENARIO ...]                  # on the GPU machine
+#   pip download -d WHEELS --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 … \
+#       diffusers==0.42.1 nbformat nbclient ipykernel ipywidgets       # on a networked machine; then drop
+#   pip download -d WHEELS --no-deps peft==0.21.2 accelerate==1.16.0   # the wheels the GPU image already has
+#   WHEELS=WHEELS bash benchmarks/gpu.sh                                 # on the GPU machine
 #   GPU_SH_DRY_RUN=1 bash benchmarks/gpu.sh                              # the same path on CPU, tiny
 #
 # Scenarios run in priority order; each gets what is left of GPU_SH_SECONDS (default 540) up to its
-# own cap, so one slow scenario cannot starve the summary. Results: stdout (a table and one JSON line
-# per scenario) and in $OUT (or ./gpu-results): all.jsonl, the grader's report.json and
-# gpu-results.tar.gz (every scenario's full output).
+# own cap, so one slow scenario cannot starve the summary. On an H200 (2026-12-04) everything before
+# the throughput scenario took 437 s and the throughput scenario ~200 s: give ~700 s for all of it.
+# Results: stdout (a table and one JSON line per scenario) and in $OUT (or ./gpu-results):
+# all.jsonl, the grader's report.json and gpu-results.tar.gz (every scenario's full output).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS="${WHEELS:-benchmarks/wheels}"
