@@ -24,7 +24,7 @@ from pathlib import Path
 from grader.artefacts import KEPT, read_artefacts
 from grader.config import GradingConfig, load_config
 from grader.files import write_json
-from grader.types import CheckResult, GradeReport, StepFailure, Timings, submission_key
+from grader.types import GradeReport, StepFailure, Timings, submission_key
 from lab_utils.errors import LabError
 from lab_utils.files import readable_folder, shown
 from lab_utils.models import resolve_model
@@ -116,7 +116,7 @@ def regrade(results: Path, checks: Path | None = None, model: str | None = None)
         if spec.key not in bases:
             bases[spec.key] = (load_base(spec), BaseRegenerations())
         report = _report(data)
-        report.checks, report.score, report.max_score = [], 0.0, config.max_score
+        report.score, report.max_score = 0.0, config.max_score
         execution = report.execution
         failure = (
             StepFailure(execution["failure_step"], execution["failure_reason"])
@@ -156,12 +156,11 @@ def _saved(folder: Path) -> dict | None:
         data = json.loads((folder / "report.json").read_text())
     except (OSError, ValueError):
         return None
-    keys = {"submission", "notebook", "model", "status", "execution"}
+    keys = {"submission", "notebook", "model", "key", "status", "max_score", "execution"}
     return data if isinstance(data, dict) and keys <= set(data) else None
 
 
 def _report(data: dict) -> GradeReport:
+    """The saved report without its checks (the regrade recomputes them)."""
     known = {f.name for f in fields(GradeReport)}
-    report = GradeReport(**{k: v for k, v in data.items() if k in known and k != "checks"})
-    report.checks = [CheckResult(**c) for c in data.get("checks", [])]
-    return report
+    return GradeReport(**{k: v for k, v in data.items() if k in known and k != "checks"})
