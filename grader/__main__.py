@@ -8,6 +8,7 @@ python -m grader report RESULTS/ [-o FILE]
 python -m grader gradescope -o autograder.zip [--checks FILE] [--model M] [--timeout S]
 python -m grader verify ARTEFACTS/ [--visible-only]    (the self-check's clean process)
 python -m grader regrade RESULTS/ [--checks FILE]      (recompute the checks: no notebook runs)
+python -m grader worker [--model M] [--checks FILE] ... (a batch's warm worker: jobs on stdin)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from lab_utils.errors import LabError
 from lab_utils.files import readable_folder, shown
 from lab_utils.models import model_from_env, resolve_model
 
-COMMANDS = ("release", "batch", "gradebook", "report", "gradescope", "verify", "regrade")
+COMMANDS = ("release", "batch", "gradebook", "report", "gradescope", "verify", "regrade", "worker")
 
 
 def _common(parser: argparse.ArgumentParser, grading: bool = True) -> None:
@@ -181,7 +182,20 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
         "--checks", type=Path, default=None, help="checks file (TOML); default: the seed lab's"
     )
     regrade.add_argument("--model", default=None, help="the base model (default: the one each grading used)")
+    regrade.add_argument(
+        "--regenerate",
+        action="store_true",
+        help="make every image again, even those a grading regenerated with the same environment, "
+        "model, record and adapter",
+    )
     regrade.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+
+    worker = argparse.ArgumentParser(
+        prog="python -m grader worker",
+        description="A batch's warm worker (started by python -m grader batch): grades the submissions "
+        "given as JSON lines on stdin, one after another, with its base model loaded once.",
+    )
+    _common(worker)
     return {
         "grade": grade,
         "release": release,
@@ -191,6 +205,7 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
         "gradescope": gradescope,
         "verify": verify,
         "regrade": regrade,
+        "worker": worker,
     }
 
 
@@ -223,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             "gradescope": _gradescope,
             "verify": _verify,
             "regrade": _regrade,
+            "worker": _worker,
         }[command](args)
     except LabError as error:
         if args.debug:
@@ -263,6 +279,12 @@ def _grade(args: argparse.Namespace) -> int:
     if args.json is not None:
         write_json(args.json, report.to_dict())
     return 0 if report.passed else 1
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from grader.worker import serve
+
+    return serve(_model(args), _config(args))
 
 
 def _release(args: argparse.Namespace) -> int:
@@ -373,8 +395,13 @@ def _gradescope(args: argparse.Namespace) -> int:
 def _regrade(args: argparse.Namespace) -> int:
     from grader.regrade import regrade
 
-    done = regrade(args.results, args.checks, args.model)
+    done = regrade(args.results, args.checks, args.model, regenerate=args.regenerate)
     print(f"regraded {len(done.regraded)} submission(s) in {done.seconds:.1f} s without running a notebook")
+    if done.reused:
+        print(
+            f"{done.reused} image(s) the gradings regenerated were used again: everything that made them "
+            "is unchanged (--regenerate makes them again)"
+        )
     if done.regraded and (args.results / "gradebook.csv").is_file():
         print(f"gradebook: {args.results / 'gradebook.csv'}; class report: {args.results / 'report.html'}")
     for submission, why in done.rerun.items():

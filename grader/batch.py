@@ -1,7 +1,10 @@
 """Grade a folder of submissions concurrently, resumably, and merge the results into a gradebook.
 
-Each submission is graded by its own ``python -m grader`` process (with its own kernel), so one
-slow or crashing submission never affects another; a hard timeout kills the whole process group.
+Each worker slot has a warm grader process (:mod:`grader.worker`) that keeps the grader's imports and
+base model loaded and grades one submission after another, each in a sandboxed kernel of its own;
+where memory is short, each submission gets a ``python -m grader`` process of its own. Either way a
+slow or crashing submission never affects another: a hard timeout kills the process group (the
+worker with its kernel; the next submission starts a fresh worker).
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ from rich.progress import (
 )
 
 from grader.config import GradingConfig
+from grader.execute.processes import OVERLAP_MEMORY, memory_limit
 from grader.files import write_json
 from grader.outputs.gradebook import write_gradebook
 from grader.outputs.report import write_report
 from grader.types import GradeReport, submission_key
+from grader.worker import Worker
 from lab_utils.errors import LabError
 from lab_utils.files import readable_folder, shown
 from lab_utils.models import ModelSpec
@@ -140,25 +145,48 @@ def _grade_one(
     gpu: str | None,
     threads_per_worker: int,
     children: _Children,
+    worker: Worker | None = None,
 ) -> str:
+    """Grade one submission — by a warm ``worker`` when given, else by a ``python -m grader``
+    process of its own — and return its verdict (passed, failed, error, timeout, stopped)."""
     out = results / submission.id
     out.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "grader",
-        str(submission.path),
-        "--model",
-        model.source,
-        "--results",
-        str(out),
-    ]
-    command += ["--submission", submission.id, "--timeout", str(config.timeouts.total)]
-    command += ["--cell-timeout", str(config.timeouts.cell), "--sandbox", config.limits.sandbox]
-    if checks is not None:
-        command += ["--checks", str(checks)]
-    if submission.student is not None:
-        command += ["--student", submission.student]
+    limit = config.timeouts.total + GRADE_MARGIN
+    start = time.monotonic()
+    if worker is not None:
+        job = {"notebook": str(submission.path), "results": str(out), "submission": submission.id}
+        code = worker.grade({**job, "student": submission.student}, limit)
+    else:
+        command = _grader_command(model, checks, config) + [str(submission.path), "--results", str(out)]
+        command += ["--submission", submission.id]
+        if submission.student is not None:
+            command += ["--student", submission.student]
+        code = _run_alone(command, _environment(gpu, threads_per_worker), out, limit, children)
+    if code == "stopped" or children.stopping:
+        return "stopped"  # killed by the interrupt: no report, so a resumed batch grades it again
+    if code == "timeout":
+        _failed_report(out, submission, config, model, "timeout", "the grader ran past its time limit", start)
+        return "timeout"
+    if code in (0, 1) and (out / "report.json").is_file():
+        status = json.loads((out / "report.json").read_text()).get("status")
+        if status == "graded":
+            return "passed" if code == 0 else "failed"
+    log = out / "grader.log"
+    last = log.read_text(errors="replace").strip().splitlines() if log.is_file() else []
+    reason = last[-1] if last else ("the grader's worker stopped" if code is None else f"exit code {code}")
+    _failed_report(out, submission, config, model, "error", reason, start)
+    return "error"
+
+
+def _grader_command(model: ModelSpec, checks: Path | None, config: GradingConfig, *command: str) -> list[str]:
+    """``python -m grader [COMMAND]`` with this batch's model, checks and run settings."""
+    args = [sys.executable, "-m", "grader", *command, "--model", model.source]
+    args += ["--timeout", str(config.timeouts.total), "--cell-timeout", str(config.timeouts.cell)]
+    args += ["--sandbox", config.limits.sandbox]
+    return args + (["--checks", str(checks)] if checks is not None else [])
+
+
+def _environment(gpu: str | None, threads_per_worker: int) -> dict[str, str]:
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
@@ -166,31 +194,23 @@ def _grade_one(
         # CPU grading: split the cores between the workers. With every process using all cores,
         # OpenMP threads spin against each other and two workers on 2 cores ran ~10× slower.
         env.setdefault("OMP_NUM_THREADS", str(threads_per_worker))
-    start = time.monotonic()
+    return env
+
+
+def _run_alone(command: list[str], env: dict, out: Path, limit: float, children: _Children) -> int | str:
+    """One ``python -m grader`` process, its output in ``grader.log``: its exit code, or "timeout"."""
     with open(out / "grader.log", "wb") as log:
         process = children.start(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         if process is None:
             return "stopped"
         try:
-            code = process.wait(timeout=config.timeouts.total + GRADE_MARGIN)
+            return process.wait(timeout=limit)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-            _failed_report(
-                out, submission, config, model, "timeout", "the grader ran past its time limit", start
-            )
             return "timeout"
         finally:
             children.done(process)
-    if children.stopping:
-        return "stopped"  # killed by the interrupt: no report, so a resumed batch grades it again
-    if code in (0, 1) and (out / "report.json").is_file():
-        status = json.loads((out / "report.json").read_text()).get("status")
-        if status == "graded":
-            return "passed" if code == 0 else "failed"
-    last = (out / "grader.log").read_text(errors="replace").strip().splitlines()
-    _failed_report(out, submission, config, model, "error", last[-1] if last else f"exit code {code}", start)
-    return "error"
 
 
 def _failed_report(
@@ -211,7 +231,7 @@ def _failed_report(
         status=status,
         max_score=config.max_score,
         execution={"failure": reason},
-        seconds=round(time.monotonic() - start, 2),
+        seconds=round(time.monotonic() - start, 3),  # a warm worker turns a corrupt notebook away in ms
         student=submission.student,
     )
     write_json(out / "report.json", report.to_dict())
@@ -245,12 +265,25 @@ def run_batch(
     for slot in range(workers):
         slots.put(slot)
 
+    threads = max(1, (os.cpu_count() or 1) // workers)
+
+    def gpu_of(slot: int) -> str | None:  # a worker slot picks its GPU: each card runs len/gpus kernels
+        return gpus[slot % len(gpus)] if gpus else None
+
+    # a warm worker per slot keeps the grader's base model loaded beside its kernel's: where memory
+    # is too short for that, each submission gets a grader process of its own, as before
+    roomy = memory_limit() >= workers * OVERLAP_MEMORY
+    warm = {
+        slot: Worker(_grader_command(model, checks, config, "worker"), _environment(gpu_of(slot), threads), children)
+        for slot in range(workers)
+        if roomy
+    }
+
     def job(submission: Submission) -> str:
-        slot = slots.get()  # a worker slot picks its GPU, so each card runs len/gpus kernels at once
+        slot = slots.get()
         try:
-            gpu = gpus[slot % len(gpus)] if gpus else None
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            return _grade_one(submission, results, model, checks, config, gpu, threads, children)
+            worker = warm.get(slot)
+            return _grade_one(submission, results, model, checks, config, gpu_of(slot), threads, children, worker)
         finally:
             slots.put(slot)
 
@@ -280,6 +313,8 @@ def run_batch(
                     raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+        for worker in warm.values():
+            worker.close()
     summary = write_gradebook(results)
     write_report(results)  # the class report, beside the gradebook
     return summary

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import nbformat
 
-from grader.artefacts import keep_artefacts, read_artefacts
+from grader.artefacts import REGENERATED, keep_artefacts, read_artefacts
 from grader.checks import load_base, verify
+from grader.checks.memo import Memo
 from grader.config import GradingConfig
 from grader.environment import fingerprint
-from grader.execute.processes import memory_limit
+from grader.execute.processes import OVERLAP_MEMORY, memory_limit
 from grader.execute.run import execute_notebook, latest_snapshot
 from grader.execute.sandbox import runs_root
 from grader.files import write_json
@@ -30,9 +31,6 @@ from grader.outputs.feedback import write_feedback
 from grader.outputs.gradescope import write_results
 from grader.types import GradeReport, submission_key
 from lab_utils.models import ModelSpec, resolve_model
-
-OVERLAP_MEMORY = 3 * 2**29  # 1.5 GB: the grader's base model beside the kernel's (tiny: ~0.95 GB together)
-
 
 def reflections(nb: nbformat.NotebookNode) -> list[dict]:
     """The learner's written answers: markdown cells the release marked as theirs to write."""
@@ -55,6 +53,44 @@ def adapter_notes(artefacts) -> list[str]:
     ]
 
 
+class Warm:
+    """What verification needs that depends on the model alone — the grader's imports, its base
+    pipeline, the environment fingerprint — loaded in a thread of this process while the learner's
+    kernel runs (no learner code ever runs in this process). The thread ends before the checks
+    compute: torch work from two live threads ran 2× slower on 2 cores. Both base models in memory
+    at once need room: below OVERLAP_MEMORY (Gradescope's 0.75 GB machine) one grading loads its own
+    after the kernel has ended, as before.
+
+    ``keep=True`` (a batch's worker): kept for the process's next gradings, which then start with
+    it loaded; each of them verifies on its own copy of the base U-Net (a learner's adapter never
+    touches another's grading), and images the untouched base made from a record are made once.
+    """
+
+    def __init__(self, spec: ModelSpec, keep: bool = False) -> None:
+        self.spec, self.keep = spec, keep
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="base-model")
+        self._environment = self._pool.submit(fingerprint, spec)
+        overlap = keep or memory_limit() >= OVERLAP_MEMORY
+        self._base = self._pool.submit(load_base, spec) if overlap else None
+        self._regenerations: dict = {}  # grader.checks.context's base regenerations, this process's
+
+    def settle(self) -> float:
+        """Wait for the thread's work to end; the seconds waited (0 once it has)."""
+        began = time.monotonic()
+        self._pool.shutdown(wait=True)
+        return time.monotonic() - began
+
+    @property
+    def environment(self) -> dict:
+        return self._environment.result()
+
+    def base(self) -> dict:
+        """What :func:`grader.checks.verify` takes: the base pipeline loading, or kept and shared."""
+        if self.keep and self._base is not None:
+            return {"shared": (self._base.result(), self._regenerations)}
+        return {"base": self._base}
+
+
 def grade_notebook(
     notebook: str | Path,
     model: str | ModelSpec = "tiny",
@@ -62,8 +98,12 @@ def grade_notebook(
     output: Path | None = None,
     submission: str | None = None,
     student: str | None = None,
+    warm: Warm | None = None,
 ) -> GradeReport:
     """Execute ``notebook`` with ``model`` and run every check; write results into ``output``.
+
+    ``warm``: the grader's model-only state kept across the gradings of one process (a batch's
+    worker, :mod:`grader.worker`); by default this grading starts its own.
 
     Raises:
         LabError: the notebook or the model cannot be used at all (one line saying why).
@@ -82,7 +122,7 @@ def grade_notebook(
         key=submission_key(path.read_bytes(), config, spec.key),
         status="running",
         max_score=config.max_score,
-        environment={},  # filled in by a thread while the kernel runs (it imports torch: ~1 s)
+        environment={},  # filled in by Warm's thread while the kernel runs (it imports torch: ~1 s)
         reflections=reflections(nb),
         student=student,
     )
@@ -96,27 +136,20 @@ def grade_notebook(
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
     save()
+    warm = warm if warm is not None and warm.spec.key == spec.key else Warm(spec)
     with tempfile.TemporaryDirectory(prefix="artefacts-", dir=runs_root()) as tmp:
-        # 0. the grader's imports and its own base model depend on the model alone: they load in a
-        # thread of this process while the kernel runs (no learner code ever runs here). The thread
-        # ends before the checks compute: torch work from two live threads ran 2× slower on 2 cores.
-        # Both models in memory at once need room: below OVERLAP_MEMORY (Gradescope's 0.75 GB
-        # machine) the grader loads its own after the kernel has ended, as before.
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="base-model")
-        environment = pool.submit(fingerprint, spec)
-        base = pool.submit(load_base, spec) if memory_limit() >= OVERLAP_MEMORY else None
         # 1. execute: the learner's code runs in a sandboxed kernel, never in this process; it sees
-        # neither the submission's folder (in a batch: every other submission) nor the results
+        # neither the submission's folder (in a batch: every other submission) nor the results.
+        # Meanwhile ``warm`` loads the grader's base model in a thread of this process (step 0).
         artefact_dir = Path(tmp)
         private = (path.resolve().parent, *((output.resolve(), output.resolve().parent) if output else ()))
         try:
             execution = execute_notebook(nb, spec, artefact_dir, config, hidden=private)
         finally:
-            waited = time.monotonic()
-            pool.shutdown(wait=True)
+            waited = warm.settle()
         timings = execution.timings
-        timings.add("base model: wait after the kernel", time.monotonic() - waited)
-        report.environment = environment.result()
+        timings.add("base model: wait after the kernel", waited)
+        report.environment = warm.environment
         # 2. artefacts: files only, every field checked (the kernel could write anything)
         with timings.stage("artefacts read"):
             snapshot = latest_snapshot(artefact_dir)
@@ -144,8 +177,10 @@ def grade_notebook(
             with timings.stage("artefacts kept"):
                 keep_artefacts(snapshot, output)
         save()
-        # 3. checks: recomputed here, on the grader's own base model
-        for result in verify(artefacts, spec, config, execution.failure, timings=timings, base=base):
+        # 3. checks: recomputed here, on the grader's own base model; the images regenerated are
+        # kept beside the results, where a regrade finds them again (grader.checks.context.Memo)
+        memo = Memo(output / REGENERATED, report.environment) if output is not None else None
+        for result in verify(artefacts, spec, config, execution.failure, timings=timings, memo=memo, **warm.base()):
             report.checks.append(result)
             report.score = sum(c.points for c in report.checks)
             save()

@@ -21,7 +21,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from grader.artefacts import KEPT, read_artefacts
+from grader.artefacts import KEPT, REGENERATED, read_artefacts
+from grader.checks.memo import Memo
 from grader.config import GradingConfig, load_config
 from grader.files import write_json
 from grader.types import GradeReport, StepFailure, Timings, submission_key
@@ -37,6 +38,7 @@ class Regrade:
     regraded: list[str] = field(default_factory=list)
     rerun: dict[str, str] = field(default_factory=dict)  # submission → why it needs the notebook run
     seconds: float = 0.0
+    reused: int = 0  # images found among those the gradings regenerated (not made again)
 
 
 def graded_folders(results: Path) -> list[Path]:
@@ -84,12 +86,16 @@ def rerun_reason(data: dict, config: GradingConfig, explicit: dict[str, set[str]
     return None
 
 
-def regrade(results: Path, checks: Path | None = None, model: str | None = None) -> Regrade:
+def regrade(
+    results: Path, checks: Path | None = None, model: str | None = None, regenerate: bool = False
+) -> Regrade:
     """Recompute every submission's checks in ``results`` with the ``checks`` file (default: the
     seed lab's); rewrite each one's results.json, report.json and feedback, then (for a batch) the
-    gradebook and class report. ``model``: the base model, if not the one each grading used."""
+    gradebook and class report. ``model``: the base model, if not the one each grading used.
+    The images a grading regenerated are found again where everything that made them is the same
+    (grader.checks.memo); ``regenerate``: make every one again."""
     from grader.checks import load_base, verify
-    from grader.checks.context import BaseRegenerations
+    from grader.environment import fingerprint
     from grader.outputs.feedback import write_feedback
     from grader.outputs.gradescope import write_results
 
@@ -99,6 +105,7 @@ def regrade(results: Path, checks: Path | None = None, model: str | None = None)
     done = Regrade()
     folders = graded_folders(results)
     bases: dict[tuple, tuple] = {}  # model key → (pipeline, regenerations), loaded once
+    environments: dict[tuple, dict] = {}  # model key → this machine's fingerprint
     for folder in folders:
         data = _saved(folder)
         why = (
@@ -114,7 +121,9 @@ def regrade(results: Path, checks: Path | None = None, model: str | None = None)
         assert data is not None
         spec = resolve_model(model or data["model"])
         if spec.key not in bases:
-            bases[spec.key] = (load_base(spec), BaseRegenerations())
+            bases[spec.key] = (load_base(spec), {})
+            environments[spec.key] = fingerprint(spec)
+        memo = None if regenerate else Memo(folder / REGENERATED, environments[spec.key])
         report = _report(data)
         report.score, report.max_score = 0.0, config.max_score
         execution = report.execution
@@ -127,8 +136,9 @@ def regrade(results: Path, checks: Path | None = None, model: str | None = None)
         timings = Timings()
         began = time.monotonic()
         report.checks = list(
-            verify(artefacts, spec, config, failure, timings=timings, shared=bases[spec.key])
+            verify(artefacts, spec, config, failure, timings=timings, shared=bases[spec.key], memo=memo)
         )
+        done.reused += memo.reused if memo is not None else 0
         report.score = sum(c.points for c in report.checks)
         report.passed = bool(report.checks) and all(c.passed for c in report.checks)
         report.timings = {**timings.stages, "regrade": round(time.monotonic() - began, 3)}

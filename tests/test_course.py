@@ -330,24 +330,44 @@ def test_gpu_workflow_grades_the_solution_with_the_model_variable():
     assert any(step.get("uses", "").startswith("actions/upload-artifact") for step in job["steps"])
 
 
-def test_batch_spreads_workers_over_gpus_and_splits_cpu_cores(tmp_path, monkeypatch):
-    """Which environment each grader process gets (the processes themselves are stubbed out)."""
+@pytest.mark.parametrize("warm", [True, False], ids=["warm-workers", "a-process-each"])
+def test_batch_spreads_workers_over_gpus_and_splits_cpu_cores(tmp_path, monkeypatch, warm):
+    """Which environment each grader process gets (the processes themselves are stubbed out): a warm
+    worker per slot where memory allows, else a grader process per submission."""
     from grader import batch as batch_module
 
     seen: list[dict] = []
 
-    class Finished:
+    class Finished:  # a grader process that ends at once; as a worker, it answers every job
         pid = 0
 
-        def wait(self, timeout=None):
+        def __init__(self) -> None:
+            read, write = os.pipe()
+            os.write(write, b'{"code": 1}\n' * 4)
+            os.close(write)
+            self.stdout = os.fdopen(read, "rb")
+            self.stdin = self
+
+        def write(self, data):
             time.sleep(0.2)  # overlap, so both worker slots are in use
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+        def wait(self, timeout=None):
+            time.sleep(0.2)
             return 0
 
     def start(self, command, **kwargs):
+        assert ("worker" in command) == warm
         seen.append(kwargs["env"])
         return Finished()
 
     monkeypatch.setattr(batch_module._Children, "start", start)
+    monkeypatch.setattr(batch_module, "memory_limit", lambda: 2**40 if warm else 2**29)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     submissions = tmp_path / "subs"
     submissions.mkdir()
@@ -355,13 +375,14 @@ def test_batch_spreads_workers_over_gpus_and_splits_cpu_cores(tmp_path, monkeypa
         (submissions / f"s{i}.ipynb").write_text("{}")
     config = GradingConfig()
     tiny = resolve_model("tiny")
+    started = 2 if warm else 4  # a worker per slot, or a process per submission
     batch_module.run_batch(submissions, tmp_path / "gpu", tiny, config, workers=2, gpus=["0", "1"])
-    assert len(seen) == 4 and {env["CUDA_VISIBLE_DEVICES"] for env in seen} == {"0", "1"}
+    assert len(seen) == started and {env["CUDA_VISIBLE_DEVICES"] for env in seen} == {"0", "1"}
     assert all("OMP_NUM_THREADS" not in env for env in seen)
     seen.clear()
     batch_module.run_batch(submissions, tmp_path / "cpu", tiny, config, workers=2)
     threads = str(max(1, (os.cpu_count() or 1) // 2))
-    assert len(seen) == 4 and all(env["OMP_NUM_THREADS"] == threads for env in seen)
+    assert len(seen) == started and all(env["OMP_NUM_THREADS"] == threads for env in seen)
     assert all(
         "CUDA_VISIBLE_DEVICES" not in env
         or env["CUDA_VISIBLE_DEVICES"] == os.environ.get("CUDA_VISIBLE_DEVICES")

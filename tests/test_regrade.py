@@ -72,6 +72,37 @@ def test_a_class_regrades_once_per_record_and_rewrites_its_gradebook(tmp_path, l
     assert (tmp_path / "report.html").is_file()
 
 
+def test_images_a_grading_made_are_used_again_only_while_all_that_made_them_is_the_same(
+    tmp_path, lab_folder, monkeypatch
+):
+    import lab_utils.generation
+    from safetensors.torch import load_file, save_file
+
+    calls = []
+    real = lab_utils.generation.regenerate
+    monkeypatch.setattr(lab_utils.generation, "regenerate", lambda *a: calls.append(a) or real(*a))
+    for name in ("ada", "bo"):
+        (tmp_path / name).mkdir()
+        shutil.copytree(lab_folder, tmp_path / name / KEPT)
+        (tmp_path / name / "report.json").write_text(json.dumps(saved_report(name)))
+    first = regrade(tmp_path)
+    assert len(calls) == 2 + 2 and first.reused == 0
+    values = [c["value"] for c in json.loads((tmp_path / "bo" / "report.json").read_text())["checks"]]
+    calls.clear()
+    again = regrade(tmp_path)  # nothing changed: every image is found again, the verdicts the same
+    assert calls == [] and again.reused == 2 * 3
+    assert [c["value"] for c in json.loads((tmp_path / "bo" / "report.json").read_text())["checks"]] == values
+    weights = next((tmp_path / "bo" / KEPT).rglob("adapter_model.safetensors"))
+    save_file({k: v * 3 for k, v in load_file(weights).items()}, weights)  # another adapter for bo
+    changed = regrade(tmp_path)
+    assert len(calls) == 1 and changed.reused == 2 * 3 - 1  # bo's adapted image alone is made again
+    bo = json.loads((tmp_path / "bo" / "report.json").read_text())["checks"]
+    assert bo[2]["value"] != values[2]
+    calls.clear()
+    regrade(tmp_path, regenerate=True)
+    assert len(calls) == 2 + 2  # --regenerate: every image made again
+
+
 def test_what_needs_the_notebook_run_again_is_named_with_why(tmp_path, capsys):
     strict = GradingConfig.from_tables({"timeouts": {"cell": 30}}, "t")
     step5 = GradingConfig.from_tables({"checks": {"export_reloads": {}}}, "t")

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
     from grader.artefacts import Artefacts
+    from grader.checks.context import Memo
     from grader.config import GradingConfig
     from lab_utils.models import ModelSpec
 
@@ -62,17 +63,19 @@ def verify(
     timings: Timings | None = None,
     base: Future | None = None,
     shared: tuple | None = None,
+    memo: Memo | None = None,
 ) -> Iterator[CheckResult]:
     """Yield each check's result as soon as it is computed (callers write results incrementally).
 
     When the notebook failed at step N, checks of steps before N are computed from the last snapshot
     and keep their credit; checks of step N and later fail with "step N failed: <reason>".
+    ``memo``: where the images regenerated are kept, and found again by a regrade.
     """
     timings = timings if timings is not None else Timings()
     with timings.stage("grader imports"):
         from grader.checks.context import Context
 
-    context = Context.load(artefacts, model, config, failure, timings, base, shared)
+    context = Context.load(artefacts, model, config, failure, timings, base, shared, memo)
     for name, settings in config.checks.items():
         if not only(name):
             continue

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
     from grader.artefacts import Artefacts
+    from grader.checks.memo import Memo
     from grader.config import GradingConfig
     from lab_utils.models import ModelSpec
 
@@ -46,13 +47,7 @@ def load_base(model: ModelSpec):
     return pipe
 
 
-class BaseRegenerations:
-    """Images the untouched base model made from validated records, kept across the gradings of
-    one process: keyed by the record and which regeneration of it this is (the first and second of
-    a baseline differ where the hardware is not deterministic: that is the noise floor)."""
-
-    def __init__(self) -> None:
-        self.images: dict[tuple[str, int], Any] = {}
+KEPT_REGENERATIONS = 32  # base images kept per process: a class shares a few records; a batch of 500 stays small
 
 
 def own_copy(pipe):
@@ -79,8 +74,9 @@ class Context:
     required_modules: set[str]  # what the required LoRA config wraps in the base U-Net
     expected_count: int  # the parameters it adds (lab_utils.lora_parameter_count)
     timings: Timings = field(default_factory=Timings)  # stages of verification (report.json "timings")
-    shared: tuple[Any, BaseRegenerations] | None = None  # Context.load's ``shared``
-    base_calls: Counter = field(default_factory=Counter)  # regenerations of each record, adapter off
+    shared: tuple[Any, dict] | None = None  # Context.load's ``shared``
+    calls: Counter = field(default_factory=Counter)  # regenerations of each record, adapter on and off
+    memo: Memo | None = None  # the grading's regenerated images, kept for a regrade
 
     @classmethod
     def load(
@@ -91,12 +87,16 @@ class Context:
         failure,
         timings: Timings,
         base: Future | None = None,
-        shared: tuple[Any, BaseRegenerations] | None = None,
+        shared: tuple[Any, dict] | None = None,
+        memo: Memo | None = None,
     ) -> Context:
         """``base``: :func:`load_base` already started (the grader loads it while the kernel runs);
-        its wait is what "base model load" then counts. ``shared``: a base pipeline and its
-        regenerations kept across the gradings of one process (a regrade): this grading gets its own
-        copy of the U-Net, and images with the adapter off are made on the untouched base."""
+        its wait is what "base model load" then counts. ``shared``: a base pipeline and the images it
+        made, kept across the gradings of one process (a regrade, a batch's worker): this grading
+        gets its own copy of the U-Net, and images with the adapter off are made on the untouched
+        base, each once — keyed by the validated record and which regeneration of it this is (the
+        first and second of a baseline differ where the hardware is not deterministic: that is the
+        noise floor)."""
         with timings.stage("base model load"):
             if shared is not None:
                 pipe = own_copy(shared[0])
@@ -129,6 +129,7 @@ class Context:
             expected,
             timings,
             shared,
+            memo=memo,
         )
 
     @property
@@ -239,23 +240,36 @@ class Context:
         ]
 
     def regenerate(self, record: GenerationRecord, adapted: bool):
-        """The image ``record`` describes, with the adapter on (at its recorded scale) or off."""
+        """The image ``record`` describes, with the adapter on (at its recorded scale) or off; made
+        once per :attr:`memo` key (see :class:`Memo`)."""
+        text = json.dumps(asdict(record), sort_keys=True, default=str)
+        nth = self.calls[text, adapted]  # the nth regeneration of it: the noise floor stays
+        self.calls[text, adapted] += 1
+        with self.timings.stage("of which regenerations"):
+            if self.memo is not None:
+                kept = self.memo.get(text, adapted, nth, self.artefacts.adapter_dir)
+                if kept is not None:
+                    return kept
+            image = self._regenerate(record, adapted, text, nth)
+            if self.memo is not None:
+                self.memo.put(text, adapted, nth, self.artefacts.adapter_dir, image)
+            return image
+
+    def _regenerate(self, record: GenerationRecord, adapted: bool, text: str, nth: int):
         from lab_utils.generation import regenerate
 
         assert self.peft_unet is not None
-        with self.timings.stage("of which regenerations"):
-            if adapted:
-                return regenerate(self.pipe, record)
-            if self.shared is not None:
-                base, made = self.shared
-                text = json.dumps(asdict(record), sort_keys=True, default=str)
-                key = (text, self.base_calls[text])  # the nth regeneration of it: the noise floor stays
-                self.base_calls[text] += 1
-                if key not in made.images:
-                    made.images[key] = regenerate(base, replace(record, lora_scale=None))
-                return made.images[key].copy()
-            with self.peft_unet.disable_adapter():
-                return regenerate(self.pipe, replace(record, lora_scale=None))
+        if adapted:
+            return regenerate(self.pipe, record)
+        if self.shared is not None:
+            base, made = self.shared
+            if (text, nth) not in made:
+                while len(made) >= KEPT_REGENERATIONS:
+                    del made[next(iter(made))]  # the oldest
+                made[text, nth] = regenerate(base, replace(record, lora_scale=None))
+            return made[text, nth].copy()
+        with self.peft_unet.disable_adapter():
+            return regenerate(self.pipe, replace(record, lora_scale=None))
 
 
 MAX_IMAGES = 8  # images one recorded call may make (all are regenerated to redraw one)
