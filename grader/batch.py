@@ -270,11 +270,15 @@ def run_batch(
     def gpu_of(slot: int) -> str | None:  # a worker slot picks its GPU: each card runs len/gpus kernels
         return gpus[slot % len(gpus)] if gpus else None
 
-    # a warm worker per slot keeps the grader's base model loaded beside its kernel's: where memory
-    # is too short for that, each submission gets a grader process of its own, as before
-    roomy = memory_limit() >= workers * OVERLAP_MEMORY
+    # a warm worker per slot keeps the grader's base model loaded beside its kernel's. Each
+    # submission gets a grader process of its own, as before, where memory is too short for that,
+    # and with --sandbox none: a kernel with the instructor's privileges could reach a long-lived
+    # worker's memory, and through it the submissions graded after its own
+    roomy = memory_limit() >= workers * OVERLAP_MEMORY and config.limits.sandbox != "none"
     warm = {
-        slot: Worker(_grader_command(model, checks, config, "worker"), _environment(gpu_of(slot), threads), children)
+        slot: Worker(
+            _grader_command(model, checks, config, "worker"), _environment(gpu_of(slot), threads), children
+        )
         for slot in range(workers)
         if roomy
     }
@@ -283,7 +287,9 @@ def run_batch(
         slot = slots.get()
         try:
             worker = warm.get(slot)
-            return _grade_one(submission, results, model, checks, config, gpu_of(slot), threads, children, worker)
+            return _grade_one(
+                submission, results, model, checks, config, gpu_of(slot), threads, children, worker
+            )
         finally:
             slots.put(slot)
 

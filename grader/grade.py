@@ -32,6 +32,7 @@ from grader.outputs.gradescope import write_results
 from grader.types import GradeReport, submission_key
 from lab_utils.models import ModelSpec, resolve_model
 
+
 def reflections(nb: nbformat.NotebookNode) -> list[dict]:
     """The learner's written answers: markdown cells the release marked as theirs to write."""
     answers = []
@@ -180,7 +181,9 @@ def grade_notebook(
         # 3. checks: recomputed here, on the grader's own base model; the images regenerated are
         # kept beside the results, where a regrade finds them again (grader.checks.context.Memo)
         memo = Memo(output / REGENERATED, report.environment) if output is not None else None
-        for result in verify(artefacts, spec, config, execution.failure, timings=timings, memo=memo, **warm.base()):
+        for result in verify(
+            artefacts, spec, config, execution.failure, timings=timings, memo=memo, **warm.base()
+        ):
             report.checks.append(result)
             report.score = sum(c.points for c in report.checks)
             save()

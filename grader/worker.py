@@ -129,7 +129,11 @@ class Worker:
         (the worker died: its log's last line says why)."""
         if self.process is None:
             self.process = self.children.start(
-                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=self.env
+                self.command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=self.env,
             )
             if self.process is None:
                 return "stopped"

@@ -75,8 +75,9 @@ def test_a_class_regrades_once_per_record_and_rewrites_its_gradebook(tmp_path, l
 def test_images_a_grading_made_are_used_again_only_while_all_that_made_them_is_the_same(
     tmp_path, lab_folder, monkeypatch
 ):
-    import lab_utils.generation
     from safetensors.torch import load_file, save_file
+
+    import lab_utils.generation
 
     calls = []
     real = lab_utils.generation.regenerate

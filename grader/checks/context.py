@@ -47,7 +47,9 @@ def load_base(model: ModelSpec):
     return pipe
 
 
-KEPT_REGENERATIONS = 32  # base images kept per process: a class shares a few records; a batch of 500 stays small
+KEPT_REGENERATIONS = (
+    32  # base images kept per process: a class shares a few records; a batch of 500 stays small
+)
 
 
 def own_copy(pipe):

@@ -28,7 +28,9 @@ class Memo:
             if adapter not in self._adapters:
                 files = hashlib.sha256()
                 for path in sorted(p for p in adapter.rglob("*") if p.is_file()):
-                    files.update(f"{path.relative_to(adapter)}:{path.stat().st_size}:".encode() + path.read_bytes())
+                    files.update(
+                        f"{path.relative_to(adapter)}:{path.stat().st_size}:".encode() + path.read_bytes()
+                    )
                 self._adapters[adapter] = files.hexdigest()
             digest.update(self._adapters[adapter].encode())
         return self.folder / f"{digest.hexdigest()[:32]}.png"
