@@ -300,7 +300,7 @@ def adapter_problem(folder: Path) -> str | None:
 
 
 KEPT = "artefacts"  # the folder beside results.json where a grading keeps what it verified
-REGENERATED = "regenerated"  # beside it: the images the grader made from them (checks.context.Memo)
+REGENERATED = "regenerated"  # beside it: the images the grader made from them (checks.memo.Memo)
 
 
 def keep_artefacts(snapshot: Path, output: Path) -> Path:

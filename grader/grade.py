@@ -10,6 +10,7 @@ a grader killed by a time limit still leaves the checks done so far:
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -179,8 +180,11 @@ def grade_notebook(
                 keep_artefacts(snapshot, output)
         save()
         # 3. checks: recomputed here, on the grader's own base model; the images regenerated are
-        # kept beside the results, where a regrade finds them again (grader.checks.context.Memo)
-        memo = Memo(output / REGENERATED, report.environment) if output is not None else None
+        # kept beside the results, where a regrade finds them again (grader.checks.memo.Memo)
+        memo = None
+        if output is not None:  # this grading's images only: none is taken from an earlier one
+            shutil.rmtree(output / REGENERATED, ignore_errors=True)
+            memo = Memo(output / REGENERATED, report.environment, reuse=False)
         for result in verify(
             artefacts, spec, config, execution.failure, timings=timings, memo=memo, **warm.base()
         ):

@@ -123,7 +123,7 @@ def regrade(
         if spec.key not in bases:
             bases[spec.key] = (load_base(spec), {})
             environments[spec.key] = fingerprint(spec)
-        memo = None if regenerate else Memo(folder / REGENERATED, environments[spec.key])
+        memo = Memo(folder / REGENERATED, environments[spec.key], reuse=not regenerate)
         report = _report(data)
         report.score, report.max_score = 0.0, config.max_score
         execution = report.execution
@@ -138,7 +138,7 @@ def regrade(
         report.checks = list(
             verify(artefacts, spec, config, failure, timings=timings, shared=bases[spec.key], memo=memo)
         )
-        done.reused += memo.reused if memo is not None else 0
+        done.reused += memo.reused
         report.score = sum(c.points for c in report.checks)
         report.passed = bool(report.checks) and all(c.passed for c in report.checks)
         report.timings = {**timings.stages, "regrade": round(time.monotonic() - began, 3)}

@@ -127,6 +127,8 @@ class Worker:
     def grade(self, job: dict, limit: float) -> int | str | None:
         """The worker's exit code for ``job``; "timeout", "stopped" (the batch is stopping), or None
         (the worker died: its log's last line says why)."""
+        if self.process is not None and self.process.poll() is not None:
+            self.kill()  # it ended between two jobs (the OOM killer, a signal): this job gets a fresh one
         if self.process is None:
             self.process = self.children.start(
                 self.command,

@@ -21,6 +21,8 @@ def test_solution_passes_every_check_through_the_cli_on_an_fp16_only_pod_folder(
     out = tmp_path / "report.json"
     notebook = solution_with(quick=True)(tmp_path)
     model = layouts.fp16_only(tmp_path / "sd15-fp16")
+    (tmp_path / "results" / "regenerated").mkdir(parents=True)
+    (tmp_path / "results" / "regenerated" / "0123.png").write_bytes(b"an earlier grading's")
     result = run_grader(
         str(notebook), "--model", str(model), "--json", str(out), "--results", str(tmp_path / "results")
     )
@@ -55,6 +57,11 @@ def test_solution_passes_every_check_through_the_cli_on_an_fp16_only_pod_folder(
     assert pixels["value"] == pytest.approx(checks["pixel_difference"]["value"])  # the same regeneration
     assert regraded["score"] == 2 and regraded["max_score"] == 7
     assert "regrade" in regraded["timings"] and "kernel start" not in regraded["timings"]
+    # the grading kept its own three regenerations (the baseline twice, the adapted image), and only
+    # those; the regrade, on the same machine with the same adapter, made none of them again
+    assert len(list((tmp_path / "results" / "regenerated").glob("*.png"))) == 3
+    assert not (tmp_path / "results" / "regenerated" / "0123.png").exists()
+    assert "3 image(s) the gradings regenerated were used again" in again.stdout
     results = json.loads((tmp_path / "results" / "results.json").read_text())
     assert results["score"] == 2
     assert "**Score: 2 / 7**" in (tmp_path / "results" / "feedback.md").read_text()

@@ -101,7 +101,9 @@ def test_images_a_grading_made_are_used_again_only_while_all_that_made_them_is_t
     assert bo[2]["value"] != values[2]
     calls.clear()
     regrade(tmp_path, regenerate=True)
-    assert len(calls) == 2 + 2  # --regenerate: every image made again
+    assert len(calls) == 2 + 2  # --regenerate: every image made again, and kept
+    calls.clear()
+    assert regrade(tmp_path).reused == 2 * 3 and calls == []
 
 
 def test_what_needs_the_notebook_run_again_is_named_with_why(tmp_path, capsys):

@@ -39,6 +39,9 @@ def test_a_worker_that_dies_or_hangs_is_replaced_and_the_job_named():
     assert worker.grade({"notebook": "hang", "code": 0}, limit=1) == "timeout"
     assert time.monotonic() - began < 10 and second.poll() is not None  # killed, not waited for
     assert worker.grade({"notebook": "ok", "code": 1}, limit=30) == 1
+    os.kill(worker.process.pid, 9)  # ended while idle: the next job is not blamed for it
+    worker.process.wait()
+    assert worker.grade({"notebook": "ok", "code": 0}, limit=30) == 0
     worker.close()
     assert worker.process is None and not children.running
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
     from grader.artefacts import Artefacts
-    from grader.checks.context import Memo
+    from grader.checks.memo import Memo
     from grader.config import GradingConfig
     from lab_utils.models import ModelSpec
 

@@ -47,9 +47,7 @@ def load_base(model: ModelSpec):
     return pipe
 
 
-KEPT_REGENERATIONS = (
-    32  # base images kept per process: a class shares a few records; a batch of 500 stays small
-)
+KEPT_REGENERATIONS = 32  # base images one process keeps: a class shares a few records
 
 
 def own_copy(pipe):

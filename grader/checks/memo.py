@@ -16,8 +16,9 @@ class Memo:
     library versions, the model's identity and hash), the validated record, adapter on or off, the
     adapter's own files (their bytes), and which regeneration of the record it is."""
 
-    def __init__(self, folder: Path, environment: dict) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, environment: dict, reuse: bool = True) -> None:
+        """``reuse=False``: keep the images made, find none (a grading; ``regrade --regenerate``)."""
+        self.folder, self.reuse = folder, reuse
         self.environment = json.dumps(environment, sort_keys=True, default=str)
         self.reused = 0
         self._adapters: dict[Path, str] = {}
@@ -38,6 +39,8 @@ class Memo:
     def get(self, text: str, adapted: bool, nth: int, adapter: Path | None):
         from PIL import Image
 
+        if not self.reuse:
+            return None
         path = self._path(text, adapted, nth, adapter)
         try:
             with Image.open(path) as image:
