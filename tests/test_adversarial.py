@@ -7,6 +7,7 @@ reader and the checks loader. The last test compares docs/RELIABILITY.md with th
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
@@ -21,6 +22,7 @@ import pytest
 from adversarial import (
     CANARY_NAME,
     CASES,
+    FIND_GRADER,
     FUZZ,
     GRADER_FILE,
     RELIABILITY,
@@ -32,7 +34,7 @@ from adversarial import (
     tmp_canary,
     verdict_rows,
 )
-from helpers import config, grade_artefacts, path_without
+from helpers import cells, config, grade_artefacts, path_without, solution_with
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -176,6 +178,32 @@ def test_adversarial_submission(case: Case, sandbox: str, tmp_path: Path, monkey
         assert not record["escaped"], "the notebook changed a file outside its sandbox"
         assert report.execution["sandbox"] == sandbox  # what auto picks: bubblewrap, else namespaces
     record["as_expected"] = True
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("sandbox", ["bwrap", "namespaces"])
+def test_a_warm_worker_grades_the_next_submission_untouched_by_an_attacker(
+    sandbox: str, tmp_path: Path, monkeypatch, request
+) -> None:
+    """A batch's warm worker (one slot: both submissions go through the same process) grades an
+    attacker that looks for the grader in /proc (its cell fails if it sees one) and SIGKILLs
+    everything it sees, then a correct lab: the attacker ran whole and was graded — the worker was
+    out of its sight and survived it — and the lab after it gets full marks."""
+    if not every_sandbox(request.config):
+        pytest.skip("a batch in both sandboxes: .ci/run's --all-sandboxes step")
+    pick_sandbox(sandbox, monkeypatch, request)
+    submissions = tmp_path / "submissions"
+    submissions.mkdir()
+    for name, build in (("a_attacker", cells(FIND_GRADER)), ("b_lab", solution_with(quick=True))):
+        (tmp_path / name).mkdir()
+        (submissions / f"{name}.ipynb").write_bytes(build(tmp_path / name).read_bytes())
+    command = [sys.executable, "-m", "grader", "batch", str(submissions), "-o", str(tmp_path / "out")]
+    done = subprocess.run([*command, "--workers", "1"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    book = {r["submission"]: r for r in csv.DictReader((tmp_path / "out" / "gradebook.csv").open())}
+    assert book["a_attacker"]["status"] == "failed" and float(book["a_attacker"]["total"]) == 0, book
+    assert book["a_attacker"]["failure"] == "", book  # it ran whole: it saw no grader process to kill
+    assert book["b_lab"]["status"] == "passed" and float(book["b_lab"]["total"]) == 3, book
 
 
 def test_catalogue_covers_the_required_attacks() -> None:
