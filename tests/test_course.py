@@ -354,6 +354,9 @@ def test_batch_spreads_workers_over_gpus_and_splits_cpu_cores(tmp_path, monkeypa
         def flush(self):
             pass
 
+        def poll(self):  # still running
+            return None
+
         def close(self):
             pass
 
