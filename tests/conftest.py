@@ -26,7 +26,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--all-honest",
         action="store_true",
         help="grade every correct lab of the honest catalogue (tests/test_honest.py), not only the quick "
-        "ones (.ci/run's last step)",
+        "ones (.ci/run's --all-honest step)",
+    )
+    parser.addoption(
+        "--going-further",
+        action="store_true",
+        help="execute notebooks/going_further.ipynb end to end (about 5 minutes alone, 8 beside another "
+        "worker: .ci/run's own step) for tests/test_going_further.py",
     )
     parser.addoption(
         "--all-sandboxes",
@@ -36,8 +42,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-# The longest files first, so pytest-xdist (--dist loadfile --no-loadscope-reorder) starts the
-# going-further notebook (~8 min in one worker) at once and fills the other worker meanwhile.
+# The longest files first, so pytest-xdist (--dist loadfile --no-loadscope-reorder) starts them at
+# once and fills the other worker meanwhile (the going-further notebook: with --going-further).
 SLOWEST_FIRST = (
     "test_going_further.py",
     "test_adversarial.py",

@@ -1,6 +1,6 @@
 """The grader is fair: every correct lab of the honest catalogue (tests/honest.py) gets full marks,
 however it is written or saved. The README's run grades the cases marked quick; ``--all-honest``
-(.ci/run's last step) grades every one. The last test compares the catalogue's table in
+(a step of .ci/run) grades every one. The last test compares the catalogue's table in
 docs/RELIABILITY.md with this run (``--write-reliability`` rewrites it)."""
 
 from __future__ import annotations
