@@ -31,7 +31,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--going-further",
         action="store_true",
-        help="execute notebooks/going_further.ipynb end to end (about 5 minutes alone, 8 beside another "
+        help="execute notebooks/going_further.ipynb end to end (about 6 minutes alone, 8 beside another "
         "worker: .ci/run's own step) for tests/test_going_further.py",
     )
     parser.addoption(
